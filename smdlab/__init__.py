@@ -1,0 +1,28 @@
+"""smdlab: exact-mathematics lab for the expressive bottleneck of diffusion models and for soft
+mixture denoising (SMD).  See README.md for the public API."""
+
+__version__ = "0.1.0"
+
+from .distributions import Gaussian, LatentMixture  # noqa: E402
+from .exact import (  # noqa: E402
+    BEST_GAUSSIAN_KINDS,
+    MixturePosterior,
+    best_gaussian,
+    expected_eps,
+    expected_x0,
+    marginal,
+    mixture_score,
+    posterior,
+    score,
+)
+from .kernels import BestGaussianKernel, ExactKernel, ReverseKernel  # noqa: E402
+from .mixture import GaussianMixture  # noqa: E402
+from .sampling import StepInfo, ancestral_sample, chain_steps, prior_sample  # noqa: E402
+from .schedules import NoiseSchedule  # noqa: E402
+
+__all__ = [
+    "BEST_GAUSSIAN_KINDS", "BestGaussianKernel", "ExactKernel", "Gaussian", "GaussianMixture",
+    "LatentMixture", "MixturePosterior", "NoiseSchedule", "ReverseKernel", "StepInfo",
+    "ancestral_sample", "best_gaussian", "chain_steps", "expected_eps", "expected_x0", "marginal",
+    "mixture_score", "posterior", "prior_sample", "score",
+]

@@ -1,0 +1,143 @@
+"""Per-point reverse-step distributions that are not finite Gaussian mixtures with shared
+covariances: a batch of Gaussians (what a DDPM kernel is) and an equally weighted mixture over
+latent draws (what an SMD kernel is, estimated with L latent samples).
+
+Every step distribution in smdlab offers ``log_prob(x) -> (N,)`` and ``sample(generator) -> (N, D)``;
+the exact posterior (:class:`smdlab.exact.MixturePosterior`) follows the same contract.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+LOG_2PI = math.log(2 * math.pi)
+
+
+class Gaussian:
+    """A batch of N Gaussians in D dimensions.
+
+    Args:
+        mean: (N, D).
+        covariance: (N, D, D) or (D, D) full covariance; or
+        variance: isotropic variance, a float or an (N,) tensor.
+    """
+
+    def __init__(self, mean: torch.Tensor, covariance: torch.Tensor | None = None,
+                 variance: float | torch.Tensor | None = None):
+        if mean.ndim != 2:
+            raise ValueError(f"mean must be (N, D); got shape {tuple(mean.shape)}")
+        if (covariance is None) == (variance is None):
+            raise ValueError("give exactly one of covariance (full) or variance (isotropic)")
+        self.mean = mean
+        N, D = mean.shape
+        self.D = D
+        if covariance is not None:
+            cov = covariance.to(mean)
+            if cov.shape[-2:] != (D, D):
+                raise ValueError(f"covariance must be (N, D, D) or (D, D); got {tuple(cov.shape)}")
+            self.covariance = cov.expand(N, D, D)
+            self.variance = None
+            self._chol = None
+        else:
+            var = torch.as_tensor(variance, dtype=mean.dtype, device=mean.device)
+            if (var <= 0).any():
+                raise ValueError("variance must be positive")
+            self.variance = var.expand(N) if var.ndim == 0 else var.reshape(N)
+            self.covariance = None
+
+    @property
+    def isotropic(self) -> bool:
+        return self.variance is not None
+
+    def chol(self) -> torch.Tensor:
+        if self._chol is None:
+            L, info = torch.linalg.cholesky_ex(self.covariance)
+            if (info != 0).any():
+                # A moment-matched covariance can be numerically singular at tiny steps; jitter it.
+                eps = 1e-12 * torch.diagonal(self.covariance, dim1=-2, dim2=-1).mean(-1).clamp_min(1e-300)
+                L = torch.linalg.cholesky(self.covariance + eps[:, None, None] * torch.eye(
+                    self.D, dtype=self.mean.dtype, device=self.mean.device))
+            self._chol = L
+        return self._chol
+
+    def log_prob(self, x: torch.Tensor) -> torch.Tensor:
+        d = x - self.mean
+        if self.isotropic:
+            v = self.variance
+            return -0.5 * ((d * d).sum(-1) / v + self.D * (LOG_2PI + v.log()))
+        L = self.chol()
+        z = torch.linalg.solve_triangular(L, d[..., None], upper=False)[..., 0]
+        logdet = 2 * torch.diagonal(L, dim1=-2, dim2=-1).log().sum(-1)
+        return -0.5 * ((z * z).sum(-1) + logdet + self.D * LOG_2PI)
+
+    def sample(self, generator: torch.Generator | None = None) -> torch.Tensor:
+        eps = torch.randn(self.mean.shape, dtype=self.mean.dtype, device=self.mean.device,
+                          generator=generator)
+        if self.isotropic:
+            return self.mean + self.variance.sqrt()[:, None] * eps
+        return self.mean + (self.chol() @ eps[..., None])[..., 0]
+
+    def entropy(self) -> torch.Tensor:
+        if self.isotropic:
+            return 0.5 * self.D * (1 + LOG_2PI + self.variance.log())
+        logdet = 2 * torch.diagonal(self.chol(), dim1=-2, dim2=-1).log().sum(-1)
+        return 0.5 * (self.D * (1 + LOG_2PI) + logdet)
+
+    def cross_entropy(self, q_mean: torch.Tensor, q_cov: torch.Tensor | None = None,
+                      q_trace: torch.Tensor | None = None) -> torch.Tensor:
+        """E_{x ~ q}[-log p(x)] for any q with mean (N, D) and covariance (N, D, D), in closed form.
+
+        For an isotropic p only the trace of q's covariance is needed (pass q_trace to skip the
+        full matrix).  With KL(q || p) = cross_entropy - H(q), this is how the local error of any
+        Gaussian kernel is computed.
+        """
+        d = q_mean - self.mean
+        if self.isotropic:
+            tr = q_trace if q_trace is not None else torch.diagonal(q_cov, dim1=-2, dim2=-1).sum(-1)
+            v = self.variance
+            return 0.5 * (self.D * (LOG_2PI + v.log()) + (tr + (d * d).sum(-1)) / v)
+        L = self.chol()
+        z = torch.linalg.solve_triangular(L, d[..., None], upper=False)[..., 0]
+        M = torch.linalg.solve_triangular(L, q_cov, upper=False)
+        # tr(S^-1 C) = ||L^-1 C^{1/2}||_F^2; with M = L^-1 C, tr(L^-T M) = tr(S^-1 C).
+        Linv_T_M = torch.linalg.solve_triangular(L.transpose(-1, -2), M, upper=True)
+        tr = torch.diagonal(Linv_T_M, dim1=-2, dim2=-1).sum(-1)
+        logdet = 2 * torch.diagonal(L, dim1=-2, dim2=-1).log().sum(-1)
+        return 0.5 * (self.D * LOG_2PI + logdet + tr + (z * z).sum(-1))
+
+
+class LatentMixture:
+    """p(x) = (1/L) sum_l N(x; means[:, l], variance I): a latent-variable kernel seen through L
+    latent draws.  ``log_prob`` is then a log-mean-exp over the draws, a consistent estimate of the
+    true log-density that is biased low for finite L (so a KL estimate built on it is biased high).
+
+    Args:
+        means: (N, L, D) kernel means, one per latent draw.
+        variance: isotropic variance, a float or an (N,) tensor.
+    """
+
+    def __init__(self, means: torch.Tensor, variance: float | torch.Tensor):
+        if means.ndim != 3:
+            raise ValueError(f"means must be (N, L, D); got shape {tuple(means.shape)}")
+        self.means = means
+        N, self.L, self.D = means.shape
+        var = torch.as_tensor(variance, dtype=means.dtype, device=means.device)
+        self.variance = var.expand(N) if var.ndim == 0 else var.reshape(N)
+
+    def log_prob(self, x: torch.Tensor) -> torch.Tensor:
+        d = x[:, None, :] - self.means
+        v = self.variance[:, None]
+        comp = -0.5 * ((d * d).sum(-1) / v + self.D * (LOG_2PI + v.log()))
+        return torch.logsumexp(comp, -1) - math.log(self.L)
+
+    def sample(self, generator: torch.Generator | None = None) -> torch.Tensor:
+        N = self.means.shape[0]
+        idx = torch.randint(self.L, (N,), generator=generator, device=self.means.device)
+        mu = self.means[torch.arange(N, device=self.means.device), idx]
+        eps = torch.randn(mu.shape, dtype=mu.dtype, device=mu.device, generator=generator)
+        return mu + self.variance.sqrt()[:, None] * eps
+
+    def mean(self) -> torch.Tensor:
+        return self.means.mean(1)

@@ -1,0 +1,268 @@
+"""Exact diffusion quantities of a Gaussian-mixture target.
+
+For q(x_0) = sum_k w_k N(m_k, C_k) with C_k = U_k diag(l_k) U_k^T and a jump s < t with
+a^2 = abar_t / abar_s and b = 1 - abar_t / abar_s, everything is diagonal in each component's
+eigenbasis (SMD.md, "Gaussian-mixture targets"):
+
+  q(x_t)        = sum_k w_k N(sqrt(abar_t) m_k, U_k diag(q_k) U_k^T),   q_k = abar_t l_k + 1 - abar_t
+  q(x_s | x_t)  = sum_k r_k(x_t) N(mean_k(x_t), U_k diag(b p_k / q_k) U_k^T),
+                  p_k = abar_s l_k + 1 - abar_s (component variance at time s; note q_k = a^2 p_k + b),
+                  mean_k(x_t) = sqrt(abar_s) m_k + U_k diag(a p_k / q_k) U_k^T (x_t - sqrt(abar_t) m_k),
+                  r_k(x_t) = softmax_k(log w_k + log N(x_t; sqrt(abar_t) m_k, U_k diag(q_k) U_k^T)).
+
+The covariance is written b p / q rather than P - a^2 P Q^-1 P, so it never cancels catastrophically
+when the step is small; responsibilities are softmaxes of log-densities, so widely separated modes
+(1e4) and tiny component variances (1e-8) stay finite.  All work is batched over points; the only
+Python loop is over components, when sampling with full covariances.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .distributions import LOG_2PI, Gaussian
+from .mixture import GaussianMixture
+from .schedules import NoiseSchedule
+
+BEST_GAUSSIAN_KINDS = ("moment", "isotropic", "beta_tilde", "beta")
+
+
+def marginal(mixture: GaussianMixture, schedule: NoiseSchedule, t: int) -> GaussianMixture:
+    """q(x_t) as a GaussianMixture (t in the schedule's own indexing; t = 0 gives the target)."""
+    t = _check_step(schedule, t)
+    ab = schedule.alpha_bars[t].item()
+    omab = schedule.one_minus_alpha_bars[t].item()
+    return _diffused(mixture, ab, omab)
+
+
+def _diffused(mixture: GaussianMixture, ab: float, omab: float) -> GaussianMixture:
+    cov = ab * mixture.compact_covariances()
+    if mixture.kind == "full":
+        cov = cov + omab * torch.eye(mixture.D, dtype=mixture.dtype, device=mixture.device)
+    else:
+        cov = cov + omab
+    return GaussianMixture(mixture.weights, math.sqrt(ab) * mixture.means, cov,
+                           dtype=mixture.dtype, device=mixture.device)
+
+
+class MixturePosterior:
+    """A batch of N Gaussian mixtures with per-point weights and means and shared covariances.
+
+    Represents q(x_s | x_t) (or q(x_0 | x_t)) for N points x_t.  Means are kept in each
+    component's eigenbasis (``eig_means``); ``means`` rotates them back on first use.
+
+    Attributes:
+        log_weights, weights: (N, K) responsibilities r_k(x_t).
+        eigvals: (K, D) eigenvalues of the component covariances; eigvecs: (K, D, D).
+        covariances: (K, D, D).
+    """
+
+    def __init__(self, log_weights, eig_means, eigvals, eigvecs, axis_aligned: bool):
+        self.log_weights = log_weights
+        self.eig_means = eig_means
+        self.eigvals = eigvals
+        self.eigvecs = eigvecs
+        self.axis_aligned = axis_aligned
+        self.N, self.K, self.D = eig_means.shape
+        self._means = None
+
+    @property
+    def weights(self) -> torch.Tensor:
+        return self.log_weights.exp()
+
+    @property
+    def means(self) -> torch.Tensor:
+        """(N, K, D) component means in the original coordinates."""
+        if self._means is None:
+            self._means = _rotate_back(self.eig_means, self.eigvecs, self.axis_aligned)
+        return self._means
+
+    @property
+    def covariances(self) -> torch.Tensor:
+        """(K, D, D) component covariances (shared by all points)."""
+        return (self.eigvecs * self.eigvals[:, None, :]) @ self.eigvecs.transpose(-1, -2)
+
+    def component_log_prob(self, x: torch.Tensor) -> torch.Tensor:
+        """log N(x_n; mean_nk, Sigma_k) as (N, K) for x of shape (N, D)."""
+        z = _project(x, self.eigvecs, self.axis_aligned) - self.eig_means
+        maha = (z * z / self.eigvals).sum(-1)
+        return -0.5 * (maha + self.eigvals.log().sum(-1) + self.D * LOG_2PI)
+
+    def log_prob(self, x: torch.Tensor) -> torch.Tensor:
+        """log q(x_s | x_t) for paired batches: x (N, D) -> (N,)."""
+        if x.shape != (self.N, self.D):
+            raise ValueError(f"x must have shape (N, D) = ({self.N}, {self.D}); got {tuple(x.shape)}")
+        return torch.logsumexp(self.component_log_prob(x) + self.log_weights, -1)
+
+    def sample(self, generator: torch.Generator | None = None, return_components: bool = False):
+        """One draw x_s ~ q(x_s | x_t) per point: (N, D)."""
+        k = torch.multinomial(self.weights, 1, generator=generator)[:, 0]
+        n = torch.arange(self.N, device=k.device)
+        eps = torch.randn(self.N, self.D, dtype=self.eig_means.dtype, device=k.device,
+                          generator=generator)
+        v = self.eig_means[n, k] + self.eigvals[k].sqrt() * eps
+        if self.axis_aligned:
+            x = v
+        else:
+            x = torch.empty_like(v)
+            for j in torch.unique(k).tolist():  # loop over components, never over points
+                sel = k == j
+                x[sel] = v[sel] @ self.eigvecs[j].T
+        return (x, k) if return_components else x
+
+    def mean(self) -> torch.Tensor:
+        """(N, D) mean of each point's mixture."""
+        return torch.einsum("nk,nkd->nd", self.weights, self.means)
+
+    def covariance(self) -> torch.Tensor:
+        """(N, D, D) covariance of each point's mixture (law of total covariance)."""
+        w = self.weights
+        mu = self.mean()
+        dev = self.means - mu[:, None, :]
+        within = torch.einsum("nk,kij->nij", w, self.covariances)
+        between = torch.einsum("nk,nki,nkj->nij", w, dev, dev)
+        return within + between
+
+    def covariance_trace(self) -> torch.Tensor:
+        """(N,) trace of each point's mixture covariance, without forming the matrices."""
+        w = self.weights
+        dev = self.means - self.mean()[:, None, :]
+        return w @ self.eigvals.sum(-1) + (w * (dev * dev).sum(-1)).sum(-1)
+
+    def entropy_mc(self, n_samples: int, generator: torch.Generator | None = None):
+        """Monte Carlo entropy H(q(. | x_t)) per point: (mean (N,), standard error (N,))."""
+        vals = torch.stack([-self.log_prob(self.sample(generator)) for _ in range(n_samples)])
+        se = vals.std(0) / math.sqrt(n_samples) if n_samples > 1 else torch.full_like(vals[0], math.inf)
+        return vals.mean(0), se
+
+
+def posterior(mixture: GaussianMixture, schedule: NoiseSchedule, x_t: torch.Tensor, t: int,
+              s: int | None = None) -> MixturePosterior:
+    """The exact reverse transition q(x_s | x_t) for a batch x_t (N, D).
+
+    t and s are steps of ``schedule`` in its own indexing, 0 <= s < t <= T; s defaults to t - 1.
+    ``s = 0`` gives q(x_0 | x_t).
+    """
+    t = _check_step(schedule, t)
+    s = t - 1 if s is None else _check_step(schedule, s)
+    if not s < t:
+        raise ValueError(f"need s < t; got t={t}, s={s}")
+    return posterior_from_log_alpha_bars(mixture, x_t, schedule.log_alpha_bars[t].item(),
+                                         schedule.log_alpha_bars[s].item())
+
+
+def posterior_from_log_alpha_bars(mixture: GaussianMixture, x_t: torch.Tensor, log_ab_t: float,
+                                  log_ab_s: float) -> MixturePosterior:
+    """q(x_s | x_t) given log abar_t < log abar_s <= 0 directly (see the module docstring)."""
+    x_t = _check_points(mixture, x_t)
+    if not log_ab_t < log_ab_s <= 0:
+        raise ValueError(f"need abar_t < abar_s <= 1; got log abar_t={log_ab_t}, log abar_s={log_ab_s}")
+    ab_t, ab_s = math.exp(log_ab_t), math.exp(log_ab_s)
+    om_t, om_s = -math.expm1(log_ab_t), -math.expm1(log_ab_s)
+    a = math.exp(0.5 * (log_ab_t - log_ab_s))
+    b = -math.expm1(log_ab_t - log_ab_s)
+    lam = mixture.eigvals                                   # (K, D)
+    p = ab_s * lam + om_s                                   # variance at time s
+    q = ab_t * lam + om_t                                   # variance at time t (= a^2 p + b)
+    U = mixture.eigvecs
+    um = _project(mixture.means, U, mixture.axis_aligned, paired=True)  # (K, D): U_k^T m_k
+    d = _project(x_t, U, mixture.axis_aligned) - math.sqrt(ab_t) * um   # (N, K, D)
+    comp = -0.5 * ((d * d / q).sum(-1) + q.log().sum(-1) + mixture.D * LOG_2PI)
+    log_w = torch.log_softmax(comp + mixture.weights.log(), -1)
+    eig_means = math.sqrt(ab_s) * um + (a * p / q) * d
+    return MixturePosterior(log_w, eig_means, b * p / q, U, mixture.axis_aligned)
+
+
+def score(mixture: GaussianMixture, schedule: NoiseSchedule, x_t: torch.Tensor, t: int) -> torch.Tensor:
+    """grad_x log q(x_t) for x_t (N, D) -> (N, D)."""
+    return mixture_score(marginal(mixture, schedule, t), x_t)
+
+
+def mixture_score(mixture: GaussianMixture, x: torch.Tensor) -> torch.Tensor:
+    """grad_x log q(x) of a Gaussian mixture: -sum_k r_k(x) C_k^{-1} (x - m_k)."""
+    x = _check_points(mixture, x)
+    U = mixture.eigvecs
+    d = _project(x, U, mixture.axis_aligned) - _project(mixture.means, U, mixture.axis_aligned,
+                                                        paired=True)
+    comp = -0.5 * ((d * d / mixture.eigvals).sum(-1) + mixture.eigvals.log().sum(-1))
+    r = torch.softmax(comp + mixture.weights.log(), -1)          # (N, K)
+    g = _rotate_back(d / mixture.eigvals, U, mixture.axis_aligned)  # (N, K, D): C_k^-1 (x - m_k)
+    return -torch.einsum("nk,nkd->nd", r, g)
+
+
+def expected_x0(mixture: GaussianMixture, schedule: NoiseSchedule, x_t: torch.Tensor, t: int):
+    """E[x_0 | x_t] (the mean of q(x_0 | x_t)): (N, D)."""
+    return posterior(mixture, schedule, x_t, t, 0).mean()
+
+
+def expected_eps(mixture: GaussianMixture, schedule: NoiseSchedule, x_t: torch.Tensor, t: int):
+    """E[eps | x_t] = (x_t - sqrt(abar_t) E[x_0 | x_t]) / sqrt(1 - abar_t) = -sqrt(1 - abar_t) score."""
+    t = _check_step(schedule, t)
+    return -math.sqrt(schedule.one_minus_alpha_bars[t].item()) * score(mixture, schedule, x_t, t)
+
+
+def best_gaussian(mixture: GaussianMixture, schedule: NoiseSchedule, x_t: torch.Tensor, t: int,
+                  s: int | None = None, kind: str = "moment") -> Gaussian:
+    """The best single Gaussian for the step t -> s (forward KL, true kernel first).
+
+    kinds:
+      * ``"moment"``: mean and full covariance of q(x_s | x_t) (minimises KL over all Gaussians);
+      * ``"isotropic"``: the mixture mean with variance trace(Cov)/D (best N(mu, v I));
+      * ``"beta_tilde"``: the mixture mean with the step's posterior variance (best with that variance);
+      * ``"beta"``: the mixture mean with variance 1 - abar_t / abar_s.
+    """
+    t = _check_step(schedule, t)
+    s = t - 1 if s is None else _check_step(schedule, s)
+    return best_gaussian_of(posterior(mixture, schedule, x_t, t, s), schedule, t, s, kind)
+
+
+def best_gaussian_of(post: MixturePosterior, schedule: NoiseSchedule, t: int, s: int,
+                     kind: str) -> Gaussian:
+    """The best single Gaussian of an already computed posterior (see :func:`best_gaussian`)."""
+    if kind == "moment":
+        return Gaussian(post.mean(), covariance=post.covariance())
+    if kind == "isotropic":
+        return Gaussian(post.mean(), variance=post.covariance_trace() / post.D)
+    if kind == "beta_tilde":
+        return Gaussian(post.mean(), variance=schedule.posterior_variance(t, s))
+    if kind == "beta":
+        return Gaussian(post.mean(), variance=schedule.jump_beta(t, s))
+    raise ValueError(f"unknown best-Gaussian kind {kind!r}; choose one of {BEST_GAUSSIAN_KINDS}")
+
+
+# ---------------------------------------------------------------------- helpers
+def _project(x, U, axis_aligned, paired=False):
+    """Coordinates of x in every component's eigenbasis.
+
+    x (N, D) -> (N, K, D) with [n, k] = U_k^T x_n; with paired=True x is (K, D) -> (K, D).
+    One GEMM against all K bases at once (no loop over components or points).
+    """
+    K, D, _ = U.shape
+    if axis_aligned:
+        return x if paired else x[:, None, :].expand(x.shape[0], K, D)
+    if paired:
+        return torch.einsum("kij,ki->kj", U, x)
+    return (x @ U.permute(1, 0, 2).reshape(D, K * D)).reshape(x.shape[0], K, D)
+
+
+def _rotate_back(v, U, axis_aligned):
+    """(N, K, D) eigen-coordinates -> original coordinates: [n, k] = U_k v_nk."""
+    if axis_aligned:
+        return v
+    return torch.einsum("kij,nkj->nki", U, v)
+
+
+def _check_step(schedule: NoiseSchedule, t) -> int:
+    t = int(t)
+    if not 0 <= t <= schedule.T:
+        raise ValueError(f"step {t} is outside 0..T={schedule.T} of {schedule.name}")
+    return t
+
+
+def _check_points(mixture: GaussianMixture, x) -> torch.Tensor:
+    x = torch.as_tensor(x, dtype=mixture.dtype, device=mixture.device)
+    if x.ndim != 2 or x.shape[1] != mixture.D:
+        raise ValueError(f"points must have shape (N, D) with D={mixture.D}; got {tuple(x.shape)}")
+    return x

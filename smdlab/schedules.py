@@ -1,0 +1,185 @@
+"""Discrete-time noise schedules and respacing.
+
+Notation (see ../shared/notes/SMD.md): beta_t for t = 1..T, alpha_t = 1 - beta_t,
+abar_t = prod_{s<=t} alpha_s, abar_0 = 1.  Every schedule is stored in float64 through
+log(abar_t), so that 1 - abar_t and ratios abar_t / abar_s stay accurate at both ends of the
+chain (T up to several thousand, abar close to 1 at the first step).
+
+A respaced schedule is the exact DDPM on a sub-chain 0 = t_0 < t_1 < ... < t_S = T of a root
+schedule: its betas are 1 - abar_{t_i} / abar_{t_{i-1}} and its abar are the root's abar on the
+kept steps.  It remembers, in ``original_steps``, which root step each of its steps is, so a
+network trained on root indices is always evaluated at the right index.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+SPACINGS = ("linspace", "trailing", "quadratic")
+
+
+class NoiseSchedule:
+    """A T-step forward process q(x_t | x_{t-1}) = N(sqrt(alpha_t) x_{t-1}, beta_t I).
+
+    Attributes:
+        T: number of steps.
+        betas: (T,) float64, ``betas[i]`` is beta at step i + 1.
+        alphas: (T,) float64, 1 - betas.
+        alpha_bars: (T + 1,) float64, ``alpha_bars[t]`` is abar_t and ``alpha_bars[0] == 1``.
+        log_alpha_bars: (T + 1,) float64, log abar_t (the primary representation).
+        original_steps: (T + 1,) int64, the root-schedule step of each step of this schedule
+            (``arange(T + 1)`` for a root schedule).
+        root: the schedule this one was respaced from (itself for a root schedule).
+        name: a short human-readable description.
+    """
+
+    def __init__(self, betas: torch.Tensor | list[float], name: str = "custom"):
+        betas = torch.as_tensor(betas, dtype=torch.float64).flatten()
+        if betas.numel() < 1:
+            raise ValueError("a schedule needs at least one step (betas is empty)")
+        if not torch.isfinite(betas).all():
+            raise ValueError("betas must be finite")
+        if (betas <= 0).any() or (betas >= 1).any():
+            bad = betas[(betas <= 0) | (betas >= 1)][0].item()
+            raise ValueError(f"every beta must lie in (0, 1); got {bad!r}")
+        log_ab = torch.cat([torch.zeros(1, dtype=torch.float64), torch.cumsum(torch.log1p(-betas), 0)])
+        self._init(log_ab, betas, torch.arange(betas.numel() + 1), None, name)
+
+    def _init(self, log_alpha_bars, betas, original_steps, root, name):
+        self.log_alpha_bars = log_alpha_bars
+        self.betas = betas
+        self.alphas = 1.0 - betas
+        self.alpha_bars = torch.exp(log_alpha_bars)
+        self.one_minus_alpha_bars = -torch.expm1(log_alpha_bars)
+        self.original_steps = original_steps.to(torch.int64)
+        self.root = self if root is None else root
+        self.T = betas.numel()
+        self.name = name
+
+    # ------------------------------------------------------------------ constructors
+    @classmethod
+    def linear(cls, T: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02):
+        """DDPM's linear schedule (Ho et al. 2020): beta from beta_start to beta_end over T steps."""
+        _check_T(T)
+        if T == 1:
+            betas = torch.tensor([beta_end], dtype=torch.float64)
+        else:
+            betas = torch.linspace(beta_start, beta_end, T, dtype=torch.float64)
+        return cls(betas, name=f"linear(T={T})")
+
+    @classmethod
+    def cosine(cls, T: int = 1000, offset: float = 0.008, max_beta: float = 0.999):
+        """Cosine schedule (Nichol & Dhariwal 2021): abar(t) = f(t)/f(0), f = cos^2(pi/2 (t/T+s)/(1+s))."""
+        _check_T(T)
+        t = torch.arange(T + 1, dtype=torch.float64) / T
+        f = torch.cos((t + offset) / (1 + offset) * math.pi / 2) ** 2
+        abar = f / f[0]
+        betas = (1 - abar[1:] / abar[:-1]).clamp(min=1e-12, max=max_beta)
+        return cls(betas, name=f"cosine(T={T})")
+
+    @classmethod
+    def sigmoid(cls, T: int = 1000, start: float = -3.0, end: float = 3.0, tau: float = 1.0,
+                max_beta: float = 0.999):
+        """Sigmoid schedule (Jabri et al. 2022): abar(t) follows a rescaled sigmoid from 1 to 0."""
+        _check_T(T)
+        t = torch.arange(T + 1, dtype=torch.float64) / T
+        v_start = torch.sigmoid(torch.tensor(start / tau, dtype=torch.float64))
+        v_end = torch.sigmoid(torch.tensor(end / tau, dtype=torch.float64))
+        abar = (v_end - torch.sigmoid((t * (end - start) + start) / tau)) / (v_end - v_start)
+        betas = (1 - abar[1:] / abar[:-1]).clamp(min=1e-12, max=max_beta)
+        return cls(betas, name=f"sigmoid(T={T})")
+
+    @classmethod
+    def from_name(cls, name: str, T: int = 1000) -> NoiseSchedule:
+        """``"linear"``, ``"cosine"`` or ``"sigmoid"`` with T steps."""
+        makers = {"linear": cls.linear, "cosine": cls.cosine, "sigmoid": cls.sigmoid}
+        if name not in makers:
+            raise ValueError(f"unknown schedule {name!r}; choose one of {sorted(makers)}")
+        return makers[name](T)
+
+    # ------------------------------------------------------------------ respacing
+    def respace(self, S: int, spacing: str = "linspace") -> NoiseSchedule:
+        """The exact S-step sub-chain of this schedule.
+
+        Kept steps always start at T and end at 0.  Spacings:
+          * ``"linspace"``: round(i T / S), evenly spread, both ends exact;
+          * ``"trailing"``: T, T - c, ..., T - (S - 1) c with integer stride c = T // S, the
+            remainder absorbed by the final jump to 0;
+          * ``"quadratic"``: i + round((i / S)^2 (T - S)), dense near 0 (as in DDIM's "quad").
+        ``S == T`` gives back this schedule's steps.  Respacing a respaced schedule keeps
+        ``original_steps`` pointing at the root schedule.
+        """
+        kept = respaced_steps(self.T, S, spacing)
+        log_ab = self.log_alpha_bars[kept]
+        betas = -torch.expm1(log_ab[1:] - log_ab[:-1])
+        out = NoiseSchedule.__new__(NoiseSchedule)
+        out._init(log_ab, betas, self.original_steps[kept], self.root,
+                  f"{self.name}->{S}({spacing})")
+        return out
+
+    # ------------------------------------------------------------------ helpers
+    def jump(self, t: int, s: int) -> tuple[float, float, float, float]:
+        """(abar_t, abar_s, 1 - abar_t, 1 - abar_s) as Python floats, validating 0 <= s < t <= T."""
+        t, s = int(t), int(s)
+        if not 0 <= s < t <= self.T:
+            raise ValueError(f"need 0 <= s < t <= T={self.T}; got t={t}, s={s}")
+        return (self.alpha_bars[t].item(), self.alpha_bars[s].item(),
+                self.one_minus_alpha_bars[t].item(), self.one_minus_alpha_bars[s].item())
+
+    def jump_beta(self, t: int, s: int) -> float:
+        """1 - abar_t / abar_s: the variance of q(x_t | x_s) for the jump s -> t."""
+        self.jump(t, s)
+        return -math.expm1(self.log_alpha_bars[t].item() - self.log_alpha_bars[s].item())
+
+    def posterior_variance(self, t: int, s: int) -> float:
+        """beta-tilde of the jump: (1 - abar_s) / (1 - abar_t) (1 - abar_t / abar_s)."""
+        _, _, omt, oms = self.jump(t, s)
+        return oms / omt * self.jump_beta(t, s)
+
+    def root_step(self, t: int) -> int:
+        """The root-schedule index of this schedule's step t."""
+        return int(self.original_steps[int(t)])
+
+    def is_respacing_of(self, other: NoiseSchedule) -> bool:
+        """True when this schedule's steps are steps of ``other`` (same root abar)."""
+        if self.root is other.root:
+            return True
+        a, b = self.root.log_alpha_bars, other.root.log_alpha_bars
+        return a.shape == b.shape and torch.equal(a, b)
+
+    def __len__(self) -> int:
+        return self.T
+
+    def __repr__(self) -> str:
+        return f"NoiseSchedule({self.name}, T={self.T}, abar_T={self.alpha_bars[-1].item():.3g})"
+
+
+def _check_T(T) -> None:
+    if not isinstance(T, int) or isinstance(T, bool) or T < 1:
+        raise ValueError(f"T must be a positive integer; got {T!r}")
+
+
+def respaced_steps(T: int, S: int, spacing: str = "linspace") -> torch.Tensor:
+    """Kept steps 0 = t_0 < t_1 < ... < t_S = T of an S-step sub-chain of a T-step chain."""
+    _check_T(T)
+    if not isinstance(S, int) or isinstance(S, bool):
+        raise ValueError(f"the number of steps S must be an integer; got {S!r}")
+    if S < 1:
+        raise ValueError(f"cannot respace to S={S} steps: need at least 1")
+    if S > T:
+        raise ValueError(f"cannot respace a {T}-step schedule to S={S} > T steps")
+    i = torch.arange(S + 1, dtype=torch.float64)
+    if spacing == "linspace":
+        kept = torch.floor(i * T / S + 0.5)
+    elif spacing == "trailing":
+        c = T // S
+        kept = torch.cat([torch.zeros(1, dtype=torch.float64), T - c * (S - i[1:])])
+    elif spacing == "quadratic":
+        kept = i + torch.floor((i / S) ** 2 * (T - S) + 0.5)
+    else:
+        raise ValueError(f"unknown spacing {spacing!r}; choose one of {SPACINGS}")
+    kept = kept.to(torch.int64)
+    assert kept[0] == 0 and kept[-1] == T and (kept.diff() > 0).all(), kept
+    return kept
