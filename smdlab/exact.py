@@ -210,7 +210,8 @@ def best_gaussian(mixture: GaussianMixture, schedule: NoiseSchedule, x_t: torch.
     kinds:
       * ``"moment"``: mean and full covariance of q(x_s | x_t) (minimises KL over all Gaussians);
       * ``"isotropic"``: the mixture mean with variance trace(Cov)/D (best N(mu, v I));
-      * ``"beta_tilde"``: the mixture mean with the step's posterior variance (best with that variance);
+      * ``"beta_tilde"``: the mixture mean with the step's posterior variance (best with that
+        variance; clipped on the final jump to 0, see ``NoiseSchedule.kernel_variance``);
       * ``"beta"``: the mixture mean with variance 1 - abar_t / abar_s.
     """
     t = _check_step(schedule, t)
@@ -225,10 +226,8 @@ def best_gaussian_of(post: MixturePosterior, schedule: NoiseSchedule, t: int, s:
         return Gaussian(post.mean(), covariance=post.covariance())
     if kind == "isotropic":
         return Gaussian(post.mean(), variance=post.covariance_trace() / post.D)
-    if kind == "beta_tilde":
-        return Gaussian(post.mean(), variance=schedule.posterior_variance(t, s))
-    if kind == "beta":
-        return Gaussian(post.mean(), variance=schedule.jump_beta(t, s))
+    if kind in ("beta_tilde", "beta"):
+        return Gaussian(post.mean(), variance=schedule.kernel_variance(t, s, kind))
     raise ValueError(f"unknown best-Gaussian kind {kind!r}; choose one of {BEST_GAUSSIAN_KINDS}")
 
 

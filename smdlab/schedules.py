@@ -50,7 +50,8 @@ class NoiseSchedule:
     def _init(self, log_alpha_bars, betas, original_steps, root, name):
         self.log_alpha_bars = log_alpha_bars
         self.betas = betas
-        self.alphas = 1.0 - betas
+        # exp of the log-ratio, not 1 - beta: keeps alpha accurate when beta is close to 1.
+        self.alphas = torch.exp(log_alpha_bars.diff())
         self.alpha_bars = torch.exp(log_alpha_bars)
         self.one_minus_alpha_bars = -torch.expm1(log_alpha_bars)
         self.original_steps = original_steps.to(torch.int64)
@@ -137,6 +138,28 @@ class NoiseSchedule:
         """beta-tilde of the jump: (1 - abar_s) / (1 - abar_t) (1 - abar_t / abar_s)."""
         _, _, omt, oms = self.jump(t, s)
         return oms / omt * self.jump_beta(t, s)
+
+    def kernel_variance(self, t: int, s: int, kind: str = "beta_tilde") -> float:
+        """The fixed variance of a Gaussian reverse kernel for the jump t -> s (DDPM's two choices).
+
+        ``"beta"``: 1 - abar_t / abar_s.  ``"beta_tilde"``: the posterior variance, except on the
+        final jump to 0, where it is exactly 0; there it is clipped, as in improved DDPM, to the
+        posterior variance of the equally long jump just above (2t -> t; t -> t/2 when t = T), so
+        that the kernel stays a density.  On a uniform chain this is the next jump's variance.
+        """
+        if kind == "beta":
+            return self.jump_beta(t, s)
+        if kind != "beta_tilde":
+            raise ValueError(f"unknown kernel variance {kind!r}; choose 'beta_tilde' or 'beta'")
+        self.jump(t, s)
+        t, s = int(t), int(s)
+        if s > 0:
+            return self.posterior_variance(t, s)
+        if t < self.T:
+            return self.posterior_variance(min(2 * t, self.T), t)
+        if self.T >= 2:
+            return self.posterior_variance(self.T, self.T // 2)
+        return self.jump_beta(t, s)
 
     def root_step(self, t: int) -> int:
         """The root-schedule index of this schedule's step t."""

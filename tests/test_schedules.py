@@ -1,0 +1,101 @@
+import math
+
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+from smdlab import NoiseSchedule
+from smdlab.schedules import SPACINGS, respaced_steps
+
+
+@pytest.mark.parametrize("name", ["linear", "cosine", "sigmoid"])
+@pytest.mark.parametrize("T", [1, 7, 1000, 4000])
+def test_schedule_invariants(name, T):
+    s = NoiseSchedule.from_name(name, T)
+    assert s.T == T and s.betas.shape == (T,) and s.alpha_bars.shape == (T + 1,)
+    assert s.alpha_bars[0] == 1.0
+    assert ((s.betas > 0) & (s.betas < 1)).all()
+    assert (s.alpha_bars.diff() < 0).all()
+    torch.testing.assert_close(s.alpha_bars[1:], torch.cumprod(s.alphas, 0), rtol=1e-12, atol=0)
+    torch.testing.assert_close(s.one_minus_alpha_bars, 1 - s.alpha_bars, rtol=1e-9, atol=1e-15)
+    assert torch.equal(s.original_steps, torch.arange(T + 1))
+    assert s.root is s
+
+
+def test_linear_matches_ddpm_endpoints():
+    s = NoiseSchedule.linear(1000)
+    assert math.isclose(s.betas[0].item(), 1e-4) and math.isclose(s.betas[-1].item(), 0.02)
+    # the DDPM paper's abar_T for this schedule is about 4e-5
+    assert 3e-5 < s.alpha_bars[-1].item() < 5e-5
+
+
+@given(T=st.integers(1, 4000), data=st.data(), spacing=st.sampled_from(SPACINGS),
+       name=st.sampled_from(["linear", "cosine", "sigmoid"]))
+def test_respacing_reproduces_alpha_bars_on_kept_steps(T, data, spacing, name):
+    S = data.draw(st.integers(1, T))
+    base = NoiseSchedule.from_name(name, T)
+    r = base.respace(S, spacing)
+    kept = r.original_steps
+    assert r.T == S and kept.shape == (S + 1,)
+    assert kept[0] == 0 and kept[-1] == T and (kept.diff() > 0).all()
+    assert torch.equal(r.alpha_bars, base.alpha_bars[kept])
+    # the coarse chain is a DDPM in its own right: its betas compose to the kept abar
+    torch.testing.assert_close(torch.cumprod(r.alphas, 0), r.alpha_bars[1:], rtol=1e-10, atol=1e-300)
+    assert ((r.betas > 0) & (r.betas < 1)).all()
+    assert r.root is base and r.is_respacing_of(base)
+
+
+@pytest.mark.parametrize("spacing", SPACINGS)
+def test_respace_identity_and_odd_counts(spacing):
+    base = NoiseSchedule.linear(1000)
+    same = base.respace(1000, spacing)
+    assert torch.equal(same.original_steps, torch.arange(1001))
+    torch.testing.assert_close(same.betas, base.betas, rtol=1e-9, atol=0)
+    seven = base.respace(7, spacing)
+    assert seven.original_steps[0] == 0 and seven.original_steps[-1] == 1000 and seven.T == 7
+
+
+def test_respace_of_respaced_points_at_root():
+    base = NoiseSchedule.cosine(1000)
+    r10 = base.respace(10)
+    r4 = r10.respace(4)
+    assert r4.root is base
+    assert set(r4.original_steps.tolist()) <= set(r10.original_steps.tolist())
+    assert torch.equal(r4.alpha_bars, base.alpha_bars[r4.original_steps])
+
+
+def test_linspace_and_trailing_differ_when_T_not_divisible():
+    a = respaced_steps(1000, 7, "linspace").tolist()
+    b = respaced_steps(1000, 7, "trailing").tolist()
+    assert a != b and b[-1] - b[-2] == 1000 // 7
+
+
+@pytest.mark.parametrize("bad", [dict(S=0), dict(S=-3), dict(S=1001), dict(S=10, spacing="leading"),
+                                 dict(S=2.5)])
+def test_invalid_respacing_raises(bad):
+    with pytest.raises(ValueError):
+        NoiseSchedule.linear(1000).respace(**bad)
+
+
+@pytest.mark.parametrize("betas", [[], [0.0, 0.1], [0.5, 1.0], [float("nan")]])
+def test_invalid_betas_raise(betas):
+    with pytest.raises(ValueError):
+        NoiseSchedule(betas)
+
+
+@pytest.mark.parametrize("T", [0, -1, 2.0])
+def test_invalid_T_raises(T):
+    with pytest.raises(ValueError, match="T must be a positive integer"):
+        NoiseSchedule.linear(T)
+
+
+def test_jump_quantities():
+    s = NoiseSchedule.linear(1000)
+    b = s.jump_beta(500, 200)
+    assert math.isclose(b, 1 - s.alpha_bars[500].item() / s.alpha_bars[200].item(), rel_tol=1e-12)
+    bt = s.posterior_variance(500, 200)
+    assert 0 < bt < b
+    assert math.isclose(s.posterior_variance(1, 0), 0.0, abs_tol=1e-300)
+    with pytest.raises(ValueError):
+        s.jump_beta(200, 500)
