@@ -50,23 +50,37 @@ def _diffused(mixture: GaussianMixture, ab: float, omab: float) -> GaussianMixtu
 class MixturePosterior:
     """A batch of N Gaussian mixtures with per-point weights and means and shared covariances.
 
-    Represents q(x_s | x_t) (or q(x_0 | x_t)) for N points x_t.  Means are kept in each
-    component's eigenbasis (``eig_means``); ``means`` rotates them back on first use.
+    Represents q(x_s | x_t) (or q(x_0 | x_t)) for N points x_t.  The component means are affine in
+    x_t: in component k's eigenbasis, mean_nk = gain_k * (U_k^T x_t)_n + offset_k.  They are only
+    materialised on request (``eig_means``, ``means``); ``log_prob`` works block by block from the
+    affine form, so the (N, K, D) intermediates stay in cache.
 
     Attributes:
         log_weights, weights: (N, K) responsibilities r_k(x_t).
         eigvals: (K, D) eigenvalues of the component covariances; eigvecs: (K, D, D).
+        gain, offset: (K, D) the affine map from x_t to the means, in each eigenbasis.
         covariances: (K, D, D).
     """
 
-    def __init__(self, log_weights, eig_means, eigvals, eigvecs, axis_aligned: bool):
+    def __init__(self, x_t, log_weights, gain, offset, eigvals, eigvecs, axis_aligned: bool):
+        self.x_t = x_t
         self.log_weights = log_weights
-        self.eig_means = eig_means
+        self.gain, self.offset = gain, offset
         self.eigvals = eigvals
         self.eigvecs = eigvecs
         self.axis_aligned = axis_aligned
-        self.N, self.K, self.D = eig_means.shape
+        self.N, self.D = x_t.shape
+        self.K = eigvals.shape[0]
+        self._eig_means = None
         self._means = None
+
+    @property
+    def eig_means(self) -> torch.Tensor:
+        """(N, K, D) component means in each component's eigenbasis."""
+        if self._eig_means is None:
+            u_x = _project(self.x_t, self.eigvecs, self.axis_aligned)
+            self._eig_means = self.gain * u_x + self.offset
+        return self._eig_means
 
     @property
     def weights(self) -> torch.Tensor:
@@ -86,30 +100,49 @@ class MixturePosterior:
 
     def component_log_prob(self, x: torch.Tensor) -> torch.Tensor:
         """log N(x_n; mean_nk, Sigma_k) as (N, K) for x of shape (N, D)."""
-        z = _project(x, self.eigvecs, self.axis_aligned) - self.eig_means
-        maha = (z * z / self.eigvals).sum(-1)
-        return -0.5 * (maha + self.eigvals.log().sum(-1) + self.D * LOG_2PI)
+        self._check(x)
+        U, aa, inv_e = self.eigvecs, self.axis_aligned, 1.0 / self.eigvals
+        const = self.eigvals.log().sum(-1) + self.D * LOG_2PI
+
+        def block(xb, xtb):
+            return -0.5 * (self._maha(xb, xtb, U, aa, inv_e) + const)
+
+        return _blockwise(block, x, self.x_t, width=self.K * self.D)
 
     def log_prob(self, x: torch.Tensor) -> torch.Tensor:
         """log q(x_s | x_t) for paired batches: x (N, D) -> (N,)."""
+        self._check(x)
+        U, aa, inv_e = self.eigvecs, self.axis_aligned, 1.0 / self.eigvals
+        const = self.eigvals.log().sum(-1) + self.D * LOG_2PI
+
+        def block(xb, xtb, lwb):
+            return torch.logsumexp(lwb - 0.5 * (self._maha(xb, xtb, U, aa, inv_e) + const), -1)
+
+        return _blockwise(block, x, self.x_t, self.log_weights, width=self.K * self.D)
+
+    def _maha(self, xb, xtb, U, aa, inv_e):
+        """(n, K) squared Mahalanobis distances of x_s to the means for a block of points."""
+        if aa:
+            return _aligned_maha(xb, self.offset, inv_e, xtb, self.gain)
+        z = _project(xb, U, aa) - self.gain * _project(xtb, U, aa) - self.offset
+        return (z * z * inv_e).sum(-1)
+
+    def _check(self, x):
         if x.shape != (self.N, self.D):
             raise ValueError(f"x must have shape (N, D) = ({self.N}, {self.D}); got {tuple(x.shape)}")
-        return torch.logsumexp(self.component_log_prob(x) + self.log_weights, -1)
 
     def sample(self, generator: torch.Generator | None = None, return_components: bool = False):
         """One draw x_s ~ q(x_s | x_t) per point: (N, D)."""
         k = torch.multinomial(self.weights, 1, generator=generator)[:, 0]
-        n = torch.arange(self.N, device=k.device)
-        eps = torch.randn(self.N, self.D, dtype=self.eig_means.dtype, device=k.device,
-                          generator=generator)
-        v = self.eig_means[n, k] + self.eigvals[k].sqrt() * eps
+        eps = torch.randn(self.N, self.D, dtype=self.x_t.dtype, device=k.device, generator=generator)
+        noise = self.eigvals[k].sqrt() * eps           # in the chosen component's eigenbasis
         if self.axis_aligned:
-            x = v
+            x = self.gain[k] * self.x_t + self.offset[k] + noise
         else:
-            x = torch.empty_like(v)
+            x = torch.empty_like(noise)
             for j in torch.unique(k).tolist():  # loop over components, never over points
-                sel = k == j
-                x[sel] = v[sel] @ self.eigvecs[j].T
+                sel, Uj = k == j, self.eigvecs[j]
+                x[sel] = (self.gain[j] * (self.x_t[sel] @ Uj) + self.offset[j] + noise[sel]) @ Uj.T
         return (x, k) if return_components else x
 
     def mean(self) -> torch.Tensor:
@@ -168,11 +201,21 @@ def posterior_from_log_alpha_bars(mixture: GaussianMixture, x_t: torch.Tensor, l
     q = ab_t * lam + om_t                                   # variance at time t (= a^2 p + b)
     U = mixture.eigvecs
     um = _project(mixture.means, U, mixture.axis_aligned, paired=True)  # (K, D): U_k^T m_k
-    d = _project(x_t, U, mixture.axis_aligned) - math.sqrt(ab_t) * um   # (N, K, D)
-    comp = -0.5 * ((d * d / q).sum(-1) + q.log().sum(-1) + mixture.D * LOG_2PI)
-    log_w = torch.log_softmax(comp + mixture.weights.log(), -1)
-    eig_means = math.sqrt(ab_s) * um + (a * p / q) * d
-    return MixturePosterior(log_w, eig_means, b * p / q, U, mixture.axis_aligned)
+    inv_q, c_t = 1.0 / q, math.sqrt(ab_t) * um
+    const = q.log().sum(-1) + mixture.D * LOG_2PI - 2 * mixture.weights.log()
+
+    def block(xb):
+        if mixture.axis_aligned:
+            maha = _aligned_maha(xb, c_t, inv_q)
+        else:
+            d = _project(xb, U, False) - c_t                           # (n, K, D)
+            maha = (d * d * inv_q).sum(-1)
+        return torch.log_softmax(-0.5 * (maha + const), -1)
+
+    log_w = _blockwise(block, x_t, width=mixture.K * mixture.D)
+    gain = a * p / q
+    offset = (math.sqrt(ab_s) - gain * math.sqrt(ab_t)) * um
+    return MixturePosterior(x_t, log_w, gain, offset, b * p / q, U, mixture.axis_aligned)
 
 
 def score(mixture: GaussianMixture, schedule: NoiseSchedule, x_t: torch.Tensor, t: int) -> torch.Tensor:
@@ -244,6 +287,39 @@ def _project(x, U, axis_aligned, paired=False):
     if paired:
         return torch.einsum("kij,ki->kj", U, x)
     return (x @ U.permute(1, 0, 2).reshape(D, K * D)).reshape(x.shape[0], K, D)
+
+
+BLOCK_ELEMENTS = 1 << 16
+
+
+def _blockwise(fn, *tensors, width: int):
+    """fn applied to row blocks of the tensors (same N rows), results concatenated along dim 0.
+
+    Blocks hold about BLOCK_ELEMENTS elements of the (n, K, D) intermediates, so these stay in
+    cache: several times faster than one pass over (N, K, D) arrays that do not fit in it.
+    """
+    N = tensors[0].shape[0]
+    rows = max(64, BLOCK_ELEMENTS // max(1, width))
+    if N <= rows:
+        return fn(*tensors)
+    return torch.cat([fn(*(t[i:i + rows] for t in tensors)) for i in range(0, N, rows)])
+
+
+def _aligned_maha(y, offset, inv_e, w=None, gain=None):
+    """sum_d (y_d - gain_kd w_d - offset_kd)^2 inv_e_kd as (n, K), for axis-aligned components.
+
+    One (n, K) slice per dimension, updated in place: far fewer passes over memory than forming
+    the (n, K, D) differences (D is small wherever axis-aligned mixtures are used at scale).
+    """
+    acc = None
+    for d in range(y.shape[1]):
+        if w is None:
+            z = y[:, d, None] - offset[:, d]
+        else:
+            z = torch.addcmul(-offset[:, d], w[:, d, None], -gain[:, d]).add_(y[:, d, None])
+        z.square_()
+        acc = z.mul_(inv_e[:, d]) if acc is None else acc.addcmul_(z, inv_e[:, d])
+    return acc
 
 
 def _rotate_back(v, U, axis_aligned):
