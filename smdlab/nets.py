@@ -1,0 +1,159 @@
+"""Networks for vector data: a time embedding, a time-conditioned residual MLP backbone that accepts
+a latent, and SMD's latent generator for vectors.
+
+Networks know nothing of schedules: they are called as ``net(x_t, t, z=None)`` with x_t (N, D) and
+t the *root* step index (N,) (an integer tensor), and return (N, D) (what the parameterisation of
+the denoiser around them says: eps, x0 or v).  The latent generator is ``gen(x_t, eta, t) -> z``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from .conditioning import make_conditioning
+
+
+def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
+    """Sinusoidal embedding of (possibly fractional) step indices t (N,) -> (N, dim)."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32,
+                                                           device=t.device) / max(half, 1))
+    args = t.float()[:, None] * freqs[None]
+    emb = torch.cat([torch.cos(args), torch.sin(args)], -1)
+    return torch.nn.functional.pad(emb, (0, dim % 2))
+
+
+class TimeEmbedding(nn.Module):
+    """Sinusoidal embedding of t rescaled to 0..1000 (whatever T is), then a 2-layer MLP.
+
+    Args:
+        dim: output width; T: the root chain length (t / T * 1000 is embedded, so a 10-step and a
+        1000-step chain see the same frequencies at the same noise level).
+    """
+
+    def __init__(self, dim: int, T: int = 1000):
+        super().__init__()
+        self.dim, self.T = dim, T
+        self.mlp = nn.Sequential(nn.Linear(dim, dim), nn.SiLU(), nn.Linear(dim, dim))
+
+    def forward(self, t: torch.Tensor) -> torch.Tensor:
+        return self.mlp(timestep_embedding(t.float() * (1000.0 / self.T), self.dim))
+
+
+class _ResBlock(nn.Module):
+    def __init__(self, hidden: int, time_dim: int):
+        super().__init__()
+        self.lin1 = nn.Linear(hidden, hidden)
+        self.temb = nn.Linear(time_dim, hidden)
+        self.lin2 = nn.Linear(hidden, hidden)
+        self.act = nn.SiLU()
+
+    def forward(self, h, e):
+        return h + self.lin2(self.act(self.lin1(self.act(h)) + self.temb(e)))
+
+
+class VectorMLP(nn.Module):
+    """Time-conditioned residual MLP for (N, D) data, optionally conditioned on a latent z.
+
+    Layout (as in the authors' U-Net, the latent enters after the first layer and before the last):
+    in-proj -> [conditioning(h, z)] -> depth residual blocks (time added in each) ->
+    [conditioning(h, z)] -> SiLU -> out-proj.
+
+    Args:
+        dim: data dimension D.
+        hidden: width.
+        depth: number of residual blocks (two linear layers each).
+        time_dim: width of the time embedding.
+        T: root chain length (for the time embedding's scale).
+        latent_dim: Z (0: no latent, a plain DDPM backbone).
+        conditioning: ``"hyper"``, ``"hyper_naive"`` or ``"film"`` (see :mod:`smdlab.conditioning`).
+        inner_dim, n_layers: the hypernetwork's width and number of W_l.
+    """
+
+    def __init__(self, dim: int, hidden: int = 128, depth: int = 2, time_dim: int = 64,
+                 T: int = 1000, latent_dim: int = 0, conditioning: str = "hyper",
+                 inner_dim: int = 32, n_layers: int = 2):
+        super().__init__()
+        if min(dim, hidden, depth, time_dim, T) < 1 or latent_dim < 0:
+            raise ValueError("VectorMLP needs positive dim, hidden, depth, time_dim, T and "
+                             f"latent_dim >= 0; got {dim}, {hidden}, {depth}, {time_dim}, {T}, "
+                             f"{latent_dim}")
+        self.dim, self.latent_dim = dim, latent_dim
+        self.time = TimeEmbedding(time_dim, T)
+        self.inp = nn.Linear(dim, hidden)
+        self.blocks = nn.ModuleList(_ResBlock(hidden, time_dim) for _ in range(depth))
+        self.out = nn.Linear(hidden, dim)
+        self.act = nn.SiLU()
+        if latent_dim:
+            kw = {} if conditioning == "film" else {"inner_dim": inner_dim, "n_layers": n_layers}
+            self.cond_in = make_conditioning(conditioning, hidden, latent_dim, **kw)
+            self.cond_out = make_conditioning(conditioning, hidden, latent_dim, **kw)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, z: torch.Tensor | None = None):
+        if x.ndim != 2 or x.shape[1] != self.dim:
+            raise ValueError(f"x must be (N, {self.dim}); got {tuple(x.shape)}")
+        if (z is not None) != bool(self.latent_dim):
+            raise ValueError("this network takes a latent z" if self.latent_dim
+                             else "this network has no latent input (z must be None)")
+        e = self.time(t)
+        h = self.inp(x)
+        if z is not None:
+            h = self.cond_in(h, z)
+        for blk in self.blocks:
+            h = blk(h, e)
+        if z is not None:
+            h = self.cond_out(h, z)
+        return self.out(self.act(h))
+
+
+class VectorLatentGenerator(nn.Module):
+    """SMD's latent generator for vectors: z = g(x_t, eta, t), an MLP on [x_t, eta, emb(t)].
+
+    Args:
+        dim: data dimension D; noise_dim: dimension of eta ~ N(0, I); latent_dim: Z;
+        hidden, depth: the MLP's width and number of hidden layers; time_dim, T: time embedding.
+    """
+
+    def __init__(self, dim: int, noise_dim: int, latent_dim: int, hidden: int = 64,
+                 depth: int = 2, time_dim: int = 32, T: int = 1000):
+        super().__init__()
+        if min(dim, noise_dim, latent_dim, hidden, depth) < 1:
+            raise ValueError("VectorLatentGenerator needs positive sizes")
+        self.dim, self.noise_dim, self.latent_dim = dim, noise_dim, latent_dim
+        self.time = TimeEmbedding(time_dim, T)
+        layers: list[nn.Module] = [nn.Linear(dim + noise_dim + time_dim, hidden), nn.SiLU()]
+        for _ in range(depth - 1):
+            layers += [nn.Linear(hidden, hidden), nn.SiLU()]
+        layers.append(nn.Linear(hidden, latent_dim))
+        self.mlp = nn.Sequential(*layers)
+
+    def forward(self, x_t: torch.Tensor, eta: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        if eta.shape != (x_t.shape[0], self.noise_dim):
+            raise ValueError(f"eta must be (N, {self.noise_dim}); got {tuple(eta.shape)}")
+        return self.mlp(torch.cat([x_t, eta.to(x_t.dtype), self.time(t)], -1))
+
+
+def count_parameters(*modules: nn.Module) -> int:
+    """Total number of parameters of the given modules."""
+    return sum(p.numel() for m in modules for p in m.parameters())
+
+
+def matched_width(target: int, build: Callable[[int], nn.Module | tuple], lo: int = 4,
+                  hi: int = 4096) -> int:
+    """The width w whose ``build(w)`` has the parameter count closest to ``target``.
+
+    ``build`` may return a module or a tuple of modules; the count must grow with w (bisection).
+    """
+    def n(w):
+        m = build(w)
+        return count_parameters(*(m if isinstance(m, tuple) else (m,)))
+    if n(hi) < target:
+        raise ValueError(f"even width {hi} has fewer than {target} parameters")
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (mid, hi) if n(mid) < target else (lo, mid)
+    return min((lo, hi), key=lambda w: abs(n(w) - target))

@@ -1,0 +1,160 @@
+"""Training objectives for the learned kernels of :mod:`smdlab.denoisers`, for any data shape.
+
+Each objective is a callable ``loss(model, x0, generator) -> (loss, metrics)`` (the signature
+:func:`smdlab.training.train` expects, with the batch being clean data x0 (N, *shape)).  ``model``
+is a :class:`~smdlab.denoisers.GaussianDenoiser` or :class:`~smdlab.denoisers.SMDDenoiser`,
+possibly DDP-wrapped (the network is always evaluated through ``model(...)``).
+
+Every objective draws, per example, a jump t -> s of its training chain (uniformly over the chain's
+S jumps; a respaced chain trains only its own steps), eps ~ N(0, I) and
+x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps.  The likelihood-based losses also draw
+x_s ~ q(x_s | x_t, x0) = N(c0 x0 + ct x_t, beta~ I), which together with x_t is a pair from the
+forward process, (x_s, x_t) ~ q.
+
+``jensen`` (the paper's objective).  log p(x_s | x_t) = log E_eta N(x_s; mu(x_t, z(eta)), s2 I)
+    >= E_eta log N(x_s; mu(x_t, z(eta)), s2 I) (Jensen), estimated with one eta per example.  Up to
+    constants and a positive per-step weight this is ||target - out(x_t, eta)||^2 in the
+    parameterisation's space (``weighting="simple"``, what the paper and DDPM train with; for a
+    Gaussian model this *is* the DDPM loss), or the bound itself (``weighting="likelihood"``, see
+    below).  Minimiser: for every z, out(x_t, z) = E[target | x_t], because eta is independent of
+    (x0, x_t): the best kernel ignores its latent and is the DDPM kernel (SMD.md, "the objective
+    problem").
+``multisample``.  The K-sample importance bound log p(x_s | x_t) >= E log (1/K) sum_k
+    N(x_s; mu(x_t, z_k), s2 I) with K independent etas; K = 1 is the Jensen bound, and the bound
+    increases to log p(x_s | x_t) as K grows (Burda et al. 2016).  Its maximiser over an
+    expressive model is the true kernel, p(x_s | x_t) = q(x_s | x_t), when s2 is no larger than
+    the true components' variance.
+``energy``.  The energy score of the clean-point predictions x0_hat_m = x0_hat(x_t, z(eta_m)),
+    m = 1..M (M >= 2): E||x0_hat - x0|| - 1/2 E||x0_hat - x0_hat'||, estimated without bias by
+    (1/M) sum_m ||x0_hat_m - x0|| - 1/(2 M (M - 1)) sum_{m != m'} ||x0_hat_m - x0_hat_m'||.  The
+    energy score is strictly proper, so its minimiser makes x0_hat(x_t, z(eta)) with eta ~ N(0, I)
+    a sample of q(x_0 | x_t); the reverse kernel q(x_s | x_t, x0_hat) then is q(x_s | x_t) for any
+    jump (De Bortoli et al. 2025, distributional diffusion).
+
+Likelihood weighting.  The per-example loss -log p is multiplied by w = 2 s2 / (c0^2 D) and its
+x-independent constant dropped: a positive weight per step does not move any step's minimiser,
+and it puts every step on the scale of a squared error in x0 per dimension (for K = 1 the loss is
+||x0 - x0_hat + (sqrt(beta~) / c0) xi||^2 / D with xi ~ N(0, I)).  On fine chains sqrt(beta~) / c0
+is large: the bound is then a very noisy estimate, a property of the objective, not a bug.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .schedules import NoiseSchedule
+from .training import unwrap
+
+OBJECTIVES = ("jensen", "multisample", "energy")
+
+
+class Objective:
+    """A training loss for a denoiser on a chain.
+
+    Args:
+        kind: ``"jensen"``, ``"multisample"`` or ``"energy"``.
+        chain: the chain whose jumps are trained (a schedule or a respacing of the model's).
+        n_samples: K for ``multisample`` (>= 1), M for ``energy`` (>= 2); ignored by ``jensen``.
+        weighting: for ``jensen``: ``"simple"`` (regression in the parameterisation's space) or
+            ``"likelihood"`` (the weighted Jensen bound; equals ``multisample`` with K = 1).
+    """
+
+    def __init__(self, kind: str, chain: NoiseSchedule, n_samples: int = 1,
+                 weighting: str = "simple"):
+        if kind not in OBJECTIVES:
+            raise ValueError(f"unknown objective {kind!r}; choose one of {OBJECTIVES}")
+        if kind == "multisample" and n_samples < 1:
+            raise ValueError(f"multisample needs n_samples = K >= 1; got {n_samples}")
+        if kind == "energy" and n_samples < 2:
+            raise ValueError(f"the energy score needs n_samples = M >= 2 latent draws; got "
+                             f"{n_samples}")
+        if weighting not in ("simple", "likelihood"):
+            raise ValueError(f"unknown weighting {weighting!r}; choose 'simple' or 'likelihood'")
+        self.kind, self.chain, self.n_samples, self.weighting = kind, chain, n_samples, weighting
+        self._steps = chain.original_steps.clone()
+
+    def describe(self) -> dict:
+        return {"kind": self.kind, "chain": self.chain.name, "n_samples": self.n_samples,
+                "weighting": self.weighting}
+
+    def __call__(self, model, x0: torch.Tensor, generator: torch.Generator | None = None):
+        den = unwrap(model)
+        if not self.chain.is_respacing_of(den.schedule):
+            raise ValueError(f"training chain {self.chain.name} is not a respacing of the model's "
+                             f"schedule {den.schedule.name}")
+        N = x0.shape[0]
+        dev = x0.device
+        steps = self._steps.to(dev)
+        i = torch.randint(1, steps.numel(), (N,), generator=generator, device=dev)
+        t, s = steps[i], steps[i - 1]
+        eps = torch.randn(x0.shape, generator=generator, dtype=x0.dtype, device=dev)
+        x_t = den.diffuse(x0, eps, t)
+        if self.kind == "jensen" and self.weighting == "simple":
+            eta = _eta(den, N, generator, x0)
+            out = model(x_t, t, eta)
+            loss = (out - den.regression_target(x0, eps, t)).square().flatten(1).mean(1)
+            return loss.mean(), {}
+        if self.kind == "energy":
+            return _energy(model, den, x0, x_t, t, self.n_samples, generator)
+        K = 1 if self.kind == "jensen" else self.n_samples
+        return _multisample(model, den, x0, x_t, t, s, K, generator)
+
+
+def _eta(den, n, generator, like):
+    return den.draw_eta(n, generator, dtype=like.dtype, device=like.device) \
+        if getattr(den, "has_latent", False) else None
+
+
+def _multisample(model, den, x0, x_t, t, s, K, generator):
+    """-(weighted) log (1/K) sum_k N(x_s; mu(x_t, z_k), s2 I) with (x_s, x_t) ~ q."""
+    N, D = x0.shape[0], x0[0].numel()
+    c0, _, var = den.step_coefficients(t, s)
+    # x_s ~ q(x_s | x_t, x0): the posterior's variance is beta-tilde (0 on the jump to 0).
+    lt, ls = den._log_ab[t], den._log_ab[s]
+    q_var = (-torch.expm1(ls)) / (-torch.expm1(lt)) * (-torch.expm1(lt - ls))
+    xi = torch.randn(x0.shape, generator=generator, dtype=x0.dtype, device=x0.device)
+    xr = x_t.repeat_interleave(K, 0)
+    tr = t.repeat_interleave(K, 0)
+    eta = _eta(den, N * K, generator, x0)
+    x0_hat = den.x0_from_output(model(xr, tr, eta), xr, tr)
+    # x_s - mu_k = c0 d_k + sqrt(q_var) xi with d_k = x0 - x0_hat_k; the term q_var ||xi||^2 of
+    # ||x_s - mu_k||^2 is the same for every k and free of parameters, so it is dropped exactly.
+    d = (x0.repeat_interleave(K, 0) - x0_hat).flatten(1).reshape(N, K, D)
+    c0x, qs = c0.to(x0.dtype)[:, None], q_var.sqrt().to(x0.dtype)[:, None]
+    sq = c0x ** 2 * d.square().sum(-1) + 2 * c0x * qs * (d * xi.flatten(1)[:, None, :]).sum(-1)
+    v = var.to(x0.dtype)[:, None]
+    nll = -(torch.logsumexp(-sq / (2 * v), 1) - math.log(K))          # up to a constant
+    w = 2 * var.to(x0.dtype) / (c0.to(x0.dtype) ** 2 * D)
+    loss = (w * nll).mean()
+    return loss, {}
+
+
+def _energy(model, den, x0, x_t, t, M, generator):
+    """The energy score of M clean-point predictions per example."""
+    N, D = x0.shape[0], x0[0].numel()
+    xr = x_t.repeat_interleave(M, 0)
+    tr = t.repeat_interleave(M, 0)
+    eta = _eta(den, N * M, generator, x0)
+    x0_hat = den.x0_from_output(model(xr, tr, eta), xr, tr).reshape(N, M, D)
+    target = x0.reshape(N, 1, D)
+    fit = _norm(x0_hat - target).mean(1)
+    pair = _norm(x0_hat[:, :, None] - x0_hat[:, None, :])            # (N, M, M), zero diagonal
+    spread = pair.sum((1, 2)) / (M * (M - 1))
+    loss = (fit - 0.5 * spread).mean() / math.sqrt(D)
+    return loss, {"spread": float(spread.mean().detach()) / math.sqrt(D)}
+
+
+def _norm(x):
+    # sqrt with a tiny floor: the exact norm's gradient is undefined at 0 (the diagonal pairs).
+    return (x.square().sum(-1) + 1e-12).sqrt()
+
+
+def _col(v, like):
+    return v.to(like.dtype).reshape(-1, *([1] * (like.ndim - 1)))
+
+
+def make_objective(kind: str, chain: NoiseSchedule, **kwargs) -> Objective:
+    """Shorthand for :class:`Objective`."""
+    return Objective(kind, chain, **kwargs)
