@@ -192,7 +192,8 @@ class GaussianMixture:
     @classmethod
     def random(cls, K: int, D: int, generator: torch.Generator | None = None, scale: float = 2.0,
                min_var: float = 0.01, max_var: float = 0.5, kind: str = "full", **kw):
-        """A random mixture: Dirichlet(1) weights, uniform means in [-scale, scale]^D, random SPD covariances."""
+        """A random mixture: Dirichlet(1) weights, uniform means in [-scale, scale]^D, random SPD
+        covariances with eigenvalues in [min_var, max_var]."""
         g = generator
         w = torch.distributions.Gamma(1.0, 1.0).rsample((K,)) if g is None else \
             -torch.log(torch.rand(K, generator=g, dtype=torch.float64)).clamp_min(1e-12)
