@@ -256,9 +256,11 @@ def class_frequencies(predicted: torch.Tensor, num_classes: int,
 @torch.no_grad()
 def evaluate_samples(samples: torch.Tensor, reference: ImageData, classifier: SmallClassifier,
                      info: ClassifierInfo, k: int = 3, seed: int = 0,
-                     reference_features: np.ndarray | None = None) -> dict:
+                     reference_features: np.ndarray | None = None,
+                     n_bootstrap: int = 10) -> dict:
     """Every metric of generated ``samples`` (N, C, H, W) against ``reference`` in one dict:
-    ``fd`` (FD-<net>), ``kid``/``kid_std``, ``precision``/``recall``, ``classes`` (mode coverage),
+    ``fd`` (FD-<net>) and ``fd_boot_std`` (its bootstrap spread over the generated set),
+    ``kid``/``kid_std``, ``precision``/``recall``, ``classes`` (mode coverage),
     with ``n``, ``n_reference``, ``reference`` (its name/split) and the feature network."""
     classifier.eval()
     samples = samples.float().clamp(-1, 1)
@@ -266,10 +268,15 @@ def evaluate_samples(samples: torch.Tensor, reference: ImageData, classifier: Sm
     f_real = (reference_features if reference_features is not None
               else extract_features(classifier.features, reference.images))
     kid_mean, kid_std = kid(f_real, f_fake, seed=seed)
+    # Spread of FD from resampling the generated set (with replacement), at the same n.
+    rng = np.random.default_rng(seed)
+    boots = [fd_from_features(f_real, f_fake[rng.integers(0, len(f_fake), len(f_fake))])
+             for _ in range(n_bootstrap)]
     prec, rec = precision_recall(f_real, f_fake, k)
     pred = torch.cat([classifier(samples[i:i + 500]).argmax(-1) for i in range(0, len(samples),
                                                                                 500)])
     return {"metric": f"FD-{info.name}", "fd": fd_from_features(f_real, f_fake),
+            "fd_boot_std": float(np.std(boots)) if boots else float("nan"),
             "kid": kid_mean, "kid_std": kid_std, "precision": prec, "recall": rec,
             "classes": class_frequencies(pred, classifier.head.out_features,
                                          reference.labels),

@@ -1,0 +1,83 @@
+"""The image models of the comparison, built from one spec: DDPM, SMD and the capacity-matched DDPM.
+
+Every model is a kernel of :mod:`smdlab.denoisers` around a :class:`~smdlab.images.unet.UNet`:
+
+* ``ddpm``: :class:`~smdlab.denoisers.GaussianDenoiser` with a plain U-Net;
+* ``smd``: :class:`~smdlab.denoisers.SMDDenoiser` with a latent-conditioned U-Net
+  (``conditioning`` "hyper" (published form, O(d)), "hyper_naive" or "film") and a
+  :class:`~smdlab.images.unet.LatentGenerator` of ``generator_fraction`` of the width; eta is
+  image-shaped, z has ``latent_dim`` channels per pixel;
+* ``ddpm-matched``: a plain U-Net whose parameter count is within 5% of the SMD model's (width
+  searched by :func:`~smdlab.images.unet.capacity_matched_config`): the reviewers' control for
+  "SMD only helps because it has more parameters".
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, replace
+
+from ..denoisers import GaussianDenoiser, SMDDenoiser
+from ..schedules import NoiseSchedule
+from .unet import LatentGenerator, UNet, UNetConfig, capacity_matched_config, count_parameters
+
+KINDS = ("ddpm", "smd", "ddpm-matched")
+
+
+@dataclass
+class ModelSpec:
+    """One model of the comparison.
+
+    name: label in results and figures; kind: "ddpm", "smd" or "ddpm-matched";
+    objective: "jensen", "multisample" or "energy" (see :mod:`smdlab.objectives`);
+    n_samples: K (multisample) or M (energy) latent draws per example;
+    conditioning: SMD's latent conditioning; latent_dim: z channels per pixel;
+    generator_fraction: latent generator width / U-Net width; parameterization: eps, x0 or v;
+    variance: beta_tilde or beta; match_to: for ddpm-matched, the SMD spec whose size it matches.
+    """
+
+    name: str
+    kind: str = "ddpm"
+    objective: str = "jensen"
+    n_samples: int = 1
+    conditioning: str = "hyper"
+    latent_dim: int = 16
+    generator_fraction: float = 0.25
+    parameterization: str = "v"
+    variance: str = "beta_tilde"
+    match_to: ModelSpec | None = None
+
+    def __post_init__(self):
+        if self.kind not in KINDS:
+            raise ValueError(f"unknown model kind {self.kind!r}; choose one of {KINDS}")
+        if self.kind == "ddpm-matched" and (self.match_to is None or self.match_to.kind != "smd"):
+            raise ValueError("a ddpm-matched model needs match_to = an SMD spec")
+        if self.kind != "smd" and self.objective != "jensen":
+            raise ValueError(f"{self.name}: a Gaussian model trains with the jensen (DDPM) loss")
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["match_to"] = self.match_to.name if self.match_to is not None else None
+        return d
+
+
+def _generator(spec: ModelSpec, unet: UNetConfig) -> LatentGenerator:
+    width = max(4, int(round(unet.base_channels * spec.generator_fraction)))
+    return LatentGenerator(unet.in_channels, spec.latent_dim, unet.image_size, width,
+                           unet.channel_mults, 1)
+
+
+def build_model(spec: ModelSpec, unet: UNetConfig, schedule: NoiseSchedule):
+    """The denoiser (an nn.Module and a reverse kernel) of ``spec`` on ``schedule``."""
+    shape = (unet.in_channels, unet.image_size, unet.image_size)
+    if spec.kind == "smd":
+        net = UNet(replace(unet, conditioning=spec.conditioning, latent_dim=spec.latent_dim))
+        return SMDDenoiser(net, _generator(spec, unet), schedule, shape, eta_shape=shape,
+                           parameterization=spec.parameterization, variance=spec.variance,
+                           name=spec.name)
+    if spec.kind == "ddpm-matched":
+        target = count_parameters(build_model(spec.match_to, unet, schedule))
+        cfg = capacity_matched_config(target, unet)
+        return GaussianDenoiser(UNet(cfg), schedule, shape, spec.parameterization, spec.variance,
+                                name=spec.name)
+    return GaussianDenoiser(UNet(replace(unet, conditioning="none", latent_dim=0)), schedule,
+                            shape, spec.parameterization, spec.variance, name=spec.name)
