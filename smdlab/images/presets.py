@@ -17,9 +17,9 @@ from __future__ import annotations
 
 PRESETS: dict[str, dict] = {
     "default": {},
-    "smoke": dict(train_steps=40, short_train_steps=40, base_channels=8, latent_dim=4,
-                  inner_dim=8, n_samples=64, sample_steps=(20, 5), ddim_steps=(5,),
-                  short_chain=5, classifier_steps=60, batch_size=32, checkpoint_every=20,
+    "smoke": dict(train_steps=30, short_train_steps=30, base_channels=8, latent_dim=4,
+                  inner_dim=8, n_samples=48, sample_steps=(10, 3), ddim_steps=(3,),
+                  short_chain=3, classifier_steps=60, batch_size=32, checkpoint_every=15,
                   n_grid=16),
     "tiny": dict(train_steps=6, short_train_steps=6, base_channels=8, latent_dim=2, inner_dim=4,
                  n_samples=24, sample_steps=(4,), ddim_steps=(4,), short_chain=2,

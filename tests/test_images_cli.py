@@ -1,0 +1,85 @@
+"""`python -m smdlab.images`: the smoke preset end to end, resume, clear errors, the GPU script."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from smdlab.images.__main__ import main
+
+from .test_images_data import write_mnist
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("smoke")
+    assert main(["--preset", "smoke", "--out", str(out)]) == 0
+    return out
+
+
+def test_smoke_run_writes_everything(smoke_run):
+    out = smoke_run
+    report = (out / "REPORT-images.md").read_text()
+    assert "python -m smdlab.images --preset smoke --out" in report
+    assert "FD-digitsnet" in report and "not** FID" in report
+    for name in ("metrics_vs_steps.png", "class_frequencies.png", "samples_overview.png"):
+        assert (out / "figures" / "images" / name).stat().st_size > 1000
+    payload = json.loads((out / "results" / "images" / "images.json").read_text())
+    res = payload["result"]
+    assert payload["git_commit"] and res["reference_split"] == "digits:train"
+    assert res["feature_net"]["accuracy"] > 0.1 and len(res["feature_net"]["weights_sha256"]) == 16
+    models = res["models"]
+    assert set(models) == {f"{p}-{m}" for p in ("long", "short")
+                           for m in ("ddpm", "smd-jensen", "smd-energy", "ddpm-matched")}
+    for m in models.values():
+        assert m["parameters"] > 0 and m["step_seconds"] > 0 and m["train_steps"] == 30
+    smd, matched = models["long-smd-energy"]["parameters"], models["long-ddpm-matched"]["parameters"]
+    assert abs(matched / smd - 1) <= 0.05
+    rows = [e for e in res["evaluations"] if e["protocol"] != "data"]
+    cfg = res["config"]
+    # every model: ancestral at each sample_steps + DDIM (long), ancestral + DDIM (+ frozen) (short)
+    assert len(rows) == 4 * (len(cfg["sample_steps"]) + len(cfg["ddim_steps"])) + 4 * 2 + 2
+    for e in rows:
+        m = e["metrics"]
+        assert m["n"] == cfg["n_samples"] and m["reference"] == "digits:train"
+        assert m["metric"] == "FD-digitsnet" and m["fd"] >= 0 and 0 <= m["recall"] <= 1
+        assert e["sampler"] in ("ancestral", "ddim") and e["steps"] >= 1
+        assert (out / e["extra"]["grid"]).exists()
+    assert res["sampling"]["use_ema"] is True and "sample_seed" in res["sampling"]
+
+
+def test_second_call_resumes_and_mismatch_is_an_error(smoke_run, capsys):
+    out = smoke_run
+    # a changed configuration must not silently restart (or reuse) the stored runs
+    assert main(["--preset", "smoke", "--out", str(out), "--lr", "0.01"]) == 2
+    assert "config differs" in capsys.readouterr().err
+
+
+def test_bad_data_is_a_clear_error(tmp_path, capsys):
+    assert main(["--dataset", "mnist", "--data-root", str(tmp_path / "nope"), "--preset",
+                 "tiny", "--out", str(tmp_path)]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert main(["--preset", "smoke", "--sample-steps", "5000"]) == 2
+    assert "1..T" in capsys.readouterr().err
+
+
+def test_gpu_script_end_to_end_on_cpu_with_tiny_preset(tmp_path):
+    data = tmp_path / "mnist"
+    write_mnist(data, n=64, prefix="train")
+    write_mnist(data, n=32, prefix="t10k", seed=1)
+    out = tmp_path / "out"
+    env = {**os.environ, "PRESET": "tiny", "DATASET": "mnist", "DATA_ROOT": str(data),
+           "OUT": str(out), "PYTHON": sys.executable, "OMP_NUM_THREADS": "1",
+           "CUDA_VISIBLE_DEVICES": ""}
+    proc = subprocess.run(["bash", str(REPO / "scripts" / "gpu_images.sh"), "--device", "cpu"],
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    res = json.loads((out / "results" / "images" / "images.json").read_text())["result"]
+    assert res["dataset"]["train"] == "mnist:train" and res["dataset"]["shape"] == [1, 8, 8]
+    assert (out / "REPORT-images.md").exists() and (out / "environment.txt").exists()
+    assert "wall seconds" in (out / "environment.txt").read_text()
