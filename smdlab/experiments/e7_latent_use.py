@@ -1,0 +1,249 @@
+"""E7: does SMD use its latent?
+
+For each SMD objective (jensen, multisample, energy), on the few-step chain of the toy (the same
+trained models as E6, from :func:`smdlab.experiments.e6_toy.toy_zoo`):
+
+  * latent spread: at fixed x_t ~ q(x_t), the RMS spread over eta of the predicted step mean,
+    sqrt(E_x E_eta ||mu(x_t, z(eta)) - E_eta mu||^2), against the spread of the true posterior's
+    component means, sqrt(E_x sum_k r_k ||mean_k - mean||^2), at every jump and at several points of
+    training.  A kernel that ignores its latent has spread 0; the exact kernel's mixture structure
+    has the true spread.
+  * local error M_{t->s} of the learned kernels (fresh eta per step) against the best-Gaussian floor
+    (the oracle DDPM kernel with the same variance: no Gaussian kernel can go below it) and against
+    0 (the exact kernel); the DDPM model of the same chain for comparison.
+  * the frozen-eta ablation: the same weights with one eta held fixed (a deterministic latent):
+    its M and global KL.  A model that does not use its latent loses nothing when eta is frozen.
+
+Verdict rows: L1 (the paper's jensen objective collapses SMD to a Gaussian kernel) and L2 (the
+multisample and energy objectives escape the bottleneck), with the numbers.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ..exact import marginal, posterior
+from ..global_error import grid_global_error
+from ..kernels import BestGaussianKernel
+from ..local_error import local_errors
+from ..provenance import save_figure
+from ..sampling import chain_steps
+from .base import ExperimentResult, Outputs, Verdict, register, save_result
+from .e6_toy import COLORS, LABELS, ToyConfig, chain_of, fmt, mean_spread, root_schedule, target, toy_zoo
+
+SMD_KINDS = ("smd_jensen", "smd_multisample", "smd_energy")
+
+
+@dataclass
+class LatentUseConfig(ToyConfig):
+    """ToyConfig (shared models) plus E7's measurement sizes.
+
+    study_S: the chain studied (the smallest few-step chain by default); n_points: x_t per jump
+    for the spread; n_eta: latent draws per x_t; n_points_local, n_mc, n_latent_local: sizes of
+    the local-error estimator (see :func:`smdlab.local_error.local_errors`).
+    """
+
+    study_S: int = 4
+    n_points: int = 512
+    n_eta: int = 32
+    n_points_local: int = 1024
+    n_mc: int = 2
+    n_latent_local: int = 32
+
+    @classmethod
+    def quick(cls) -> LatentUseConfig:
+        base = ToyConfig.quick()
+        return cls(**{f: getattr(base, f) for f in ToyConfig.__dataclass_fields__},
+                   n_points=128, n_eta=8, n_points_local=256, n_latent_local=8)
+
+
+def latent_spread(kernel, mix, root, t: int, s: int, n_points: int, n_eta: int,
+                  generator: torch.Generator) -> tuple[float, float]:
+    """(learned spread, true spread) at the jump t -> s, RMS over x_t ~ q(x_t)."""
+    x_t = marginal(mix, root, t).sample(n_points, generator)
+    means = kernel.distribution(x_t, t, s, generator=generator, n_latent=n_eta).means
+    learned = (means - means.mean(1, keepdim=True)).square().sum(-1).mean().sqrt().item()
+    post = posterior(mix, root, x_t, t, s)
+    dev = post.means - post.mean()[:, None, :]
+    true = (post.weights * dev.square().sum(-1)).sum(-1).mean().sqrt().item()
+    return learned, true
+
+
+@register("e7", "Does SMD use its latent? Spread over eta, local error vs the Gaussian floor, "
+          "frozen-eta ablation", LatentUseConfig, heavy=True)
+def run(cfg: LatentUseConfig, out: Outputs) -> ExperimentResult:
+    import matplotlib.pyplot as plt
+
+    t0 = time.perf_counter()
+    mix = target(cfg)
+    root = root_schedule(cfg)
+    S = cfg.study_S if cfg.study_S in cfg.chains else min(cfg.chains)
+    chain = chain_of(root, S)
+    zoo = toy_zoo(cfg, out)
+    kinds = [k for k in SMD_KINDS if k in cfg.kinds]
+    seeds = sorted({sd for (k, s_, sd) in zoo if s_ == S})
+    pairs = chain_steps(zoo[kinds[0], S, 0].kernel, chain)
+    g = torch.Generator().manual_seed(cfg.seed + 7)
+    # ---- spread over training (seed 0) and at the end (all seeds)
+    spread_training = {}
+    for kind in kinds:
+        tm = zoo[kind, S, 0]
+        spread_training[kind] = {}
+        for step, k in sorted(tm.snapshots.items()):
+            vals = [latent_spread(k, mix, root, t, s, cfg.n_points, cfg.n_eta, g)
+                    for t, s in pairs]
+            spread_training[kind][step] = {"learned": [v[0] for v in vals],
+                                           "true": [v[1] for v in vals]}
+    final_step = cfg.train_steps
+    ratio = {}      # kind -> per-seed ratio of summed learned spread to summed true spread
+    for kind in kinds:
+        ratio[kind] = []
+        for sd in seeds:
+            vals = [latent_spread(zoo[kind, S, sd].kernel, mix, root, t, s, cfg.n_points,
+                                  cfg.n_eta, g) for t, s in pairs]
+            ratio[kind].append(sum(v[0] for v in vals) / max(sum(v[1] for v in vals), 1e-12))
+    # ---- local errors: learned (fresh and frozen eta), DDPM, best Gaussian floor
+    floor = BestGaussianKernel(mix, root, "beta_tilde")
+    local = {}        # name -> seed -> list over jumps of (mean, se)
+    gkl = {}          # name -> seed -> global KL
+    for sd in seeds:
+        kernels = [floor]
+        if ("ddpm", S, sd) in zoo:
+            kernels.append(zoo["ddpm", S, sd].kernel)
+        for kind in kinds:
+            k = zoo[kind, S, sd].kernel
+            kernels += [k, k.with_frozen_eta()]
+        for j, (t, s) in enumerate(pairs):
+            res = local_errors(mix, kernels, t, s, n_points=cfg.n_points_local, n_mc=cfg.n_mc,
+                               n_latent=cfg.n_latent_local, generator=g)
+            for k, r in zip(kernels, res):
+                local.setdefault(k.name, {}).setdefault(sd, [None] * len(pairs))[j] = \
+                    (r.mean, r.se)
+        for k in kernels[1:]:
+            gkl.setdefault(k.name, {})[sd] = grid_global_error(
+                mix, k, chain, n_grid=cfg.n_grid, n_latent=cfg.n_latent, generator=g)["kl"]
+    floor_total = sum(m for m, _ in local[floor.name][seeds[0]])
+    summary_rows = {}
+    for name, per_seed in local.items():
+        totals = [sum(m for m, _ in v) for v in per_seed.values()]
+        m, sdv = mean_spread(totals)
+        gm = mean_spread(list(gkl[name].values())) if name in gkl else (float("nan"), 0.0)
+        summary_rows[name] = {"sum_M": m, "sum_M_sd": sdv, "global_kl": gm[0],
+                              "global_kl_sd": gm[1], "n_seeds": len(totals)}
+    for kind in kinds:
+        summary_rows[kind]["spread_ratio"], summary_rows[kind]["spread_ratio_sd"] = \
+            mean_spread(ratio[kind])
+    data = {"chain_steps": S, "jumps": pairs, "seeds": seeds, "spread_training": spread_training,
+            "spread_ratio": ratio, "local_error": local, "global_kl": gkl,
+            "floor_sum_M": floor_total, "summary": summary_rows,
+            "seconds": time.perf_counter() - t0,
+            "estimator": {"n_points": cfg.n_points_local, "n_mc": cfg.n_mc,
+                          "n_latent": cfg.n_latent_local,
+                          "note": "latent kernels: log-mean-exp over n_latent draws, so their M "
+                                  "is biased high (conservative for SMD)"}}
+    json_path = save_result("e7", cfg, data, out)
+    # ---- figure: spread per jump (final), spread ratio over training, M per jump
+    fig, axes = plt.subplots(1, 3, figsize=(14, 3.8))
+    xs = np.arange(len(pairs))
+    labels = [f"{t}->{s}" for t, s in pairs]
+    ax = axes[0]
+    true = spread_training[kinds[0]][final_step]["true"]
+    ax.plot(xs, true, "k--", marker="o", label="true posterior (component means)")
+    for kind in kinds:
+        ax.plot(xs, spread_training[kind][final_step]["learned"], marker="o", color=COLORS[kind],
+                label=LABELS[kind])
+    ax.set_xticks(xs, labels)
+    ax.set_xlabel("jump t -> s (root steps)")
+    ax.set_ylabel("RMS spread of the step mean over eta")
+    ax.set_title(f"latent use at the end of training ({S}-step chain)", fontsize=9)
+    ax.legend(fontsize=7)
+    ax = axes[1]
+    for kind in kinds:
+        st = sorted(spread_training[kind])
+        r = [sum(spread_training[kind][k]["learned"]) / max(sum(spread_training[kind][k]["true"]),
+                                                            1e-12) for k in st]
+        ax.plot(st, r, marker="o", color=COLORS[kind], label=LABELS[kind])
+    ax.axhline(1.0, color="k", ls="--", lw=0.8, label="exact kernel")
+    ax.set_xlabel("training step")
+    ax.set_ylabel("learned / true spread (summed over jumps)")
+    ax.set_title("latent use over training", fontsize=9)
+    ax.legend(fontsize=7)
+    ax = axes[2]
+    names = [floor.name] + (["ddpm"] if "ddpm" in local else []) + \
+        [n for kind in kinds for n in (kind, f"{kind}-frozen")]
+    w = 0.8 / len(names)
+    for i, name in enumerate(names):
+        m = np.array([v[0] for v in local[name][seeds[0]]])
+        se = np.array([v[1] for v in local[name][seeds[0]]])
+        base = name.removesuffix("-frozen")
+        ax.bar(xs + (i - len(names) / 2) * w, np.maximum(m, 1e-4), w, yerr=se,
+               color=COLORS.get(base, "gray"), hatch="//" if name.endswith("-frozen") else None,
+               edgecolor="k" if name == floor.name else None,
+               label=LABELS.get(name, LABELS.get(base, name) + " (frozen eta)"))
+    ax.set_yscale("log")
+    ax.set_xticks(xs, labels)
+    ax.set_xlabel("jump t -> s (root steps)")
+    ax.set_ylabel("local error M (nats)")
+    ax.set_title("local error vs the best-Gaussian floor (0 = exact)", fontsize=9)
+    ax.legend(fontsize=6, ncol=2)
+    fig.tight_layout()
+    figs = [save_figure(fig, out.figure("e7_latent_use"))]
+    plt.close(fig)
+    summary, verdicts, headline = _summary(cfg, S, summary_rows, floor.name, seeds)
+    return ExperimentResult("e7", data, json_path, figs, summary, verdicts, headline)
+
+
+def _summary(cfg, S, rows, floor_name, seeds):
+    lines = [f"On the {S}-step chain, seeds {seeds}: how much the SMD kernels use their latent and "
+             "what it buys. Spread ratio = learned / true RMS spread of the step means (0: the "
+             "latent is ignored; 1: as much as the exact kernel). Sum M = local errors summed over "
+             "the chain's jumps (nats; latent kernels biased high by the finite latent sample). "
+             "Frozen = the same weights with eta held fixed.", "",
+             "| kernel | spread ratio | sum M | global KL |", "|---|---|---|---|"]
+    order = [floor_name, "ddpm"] + [n for k in SMD_KINDS for n in (k, f"{k}-frozen")]
+    for name in order:
+        if name not in rows:
+            continue
+        r = rows[name]
+        base = name.removesuffix("-frozen")
+        label = LABELS.get(name, LABELS.get(base, name) + " (frozen eta)")
+        lines.append(f"| {label} | {fmt(r.get('spread_ratio'), r.get('spread_ratio_sd'))} | "
+                     f"{fmt(r['sum_M'], r['sum_M_sd'])} | "
+                     f"{fmt(r['global_kl'], r['global_kl_sd'])} |")
+    lines += ["", "![E7 latent use](figures/e7_latent_use.png)"]
+    floor = rows[floor_name]["sum_M"]
+    verdicts, headline = [], {"floor_sum_M": round(floor, 4)}
+    for k in SMD_KINDS:
+        if k in rows:
+            headline[f"spread_ratio_{k}"] = round(rows[k]["spread_ratio"], 4)
+            headline[f"sum_M_{k}"] = round(rows[k]["sum_M"], 4)
+    fig = "figures/e7_latent_use.png"
+    if "smd_jensen" in rows:
+        r, fr = rows["smd_jensen"], rows["smd_jensen-frozen"]
+        collapsed = r["spread_ratio"] < 0.1 and r["sum_M"] > 0.8 * floor
+        ev = (f"{S}-step chain: spread ratio {fmt(r['spread_ratio'], r['spread_ratio_sd'])}; sum M "
+              f"{fmt(r['sum_M'])} vs best-Gaussian floor {fmt(floor)}; global KL fresh eta "
+              f"{fmt(r['global_kl'])} vs frozen {fmt(fr['global_kl'])}")
+        verdicts.append(Verdict("L1: the paper's jensen objective collapses SMD to a Gaussian "
+                                "kernel", "holds" if collapsed else "does not hold as stated",
+                                ev, fig))
+    escaped = [k for k in ("smd_multisample", "smd_energy") if k in rows
+               and rows[k]["spread_ratio"] > 0.3 and rows[k]["sum_M"] < floor]
+    if any(k in rows for k in ("smd_multisample", "smd_energy")):
+        ev = "; ".join(f"{LABELS[k]}: spread ratio {fmt(rows[k]['spread_ratio'])}, sum M "
+                       f"{fmt(rows[k]['sum_M'])} (floor {fmt(floor)}), global KL "
+                       f"{fmt(rows[k]['global_kl'])} vs frozen "
+                       f"{fmt(rows[k + '-frozen']['global_kl'])}"
+                       for k in ("smd_multisample", "smd_energy") if k in rows)
+        status = ("holds" if len(escaped) == 2 else
+                  "holds with qualification" if escaped else "does not hold as stated")
+        verdicts.append(Verdict("L2: the multisample and energy objectives make SMD use its latent "
+                                "and go below the Gaussian floor", status, ev, fig))
+    if not math.isfinite(floor):
+        verdicts = []
+    return "\n".join(lines), verdicts, headline
