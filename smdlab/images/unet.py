@@ -20,7 +20,6 @@ U-Net on concat(x_t, eta) whose output is the per-pixel latent.
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass, field, replace
 
 import torch
@@ -28,18 +27,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import conditioning as _cond
+from ..nets import count_parameters, matched_width, timestep_embedding
 
 CONDITIONINGS = ("none", *_cond.CONDITIONING_KINDS)
-
-
-def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
-    """Sinusoidal embedding (Vaswani et al.) of step indices t (N,) -> (N, dim), float32."""
-    half = dim // 2
-    freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=t.device,
-                                                           dtype=torch.float32) / half)
-    args = t.float()[:, None] * freqs[None]
-    emb = torch.cat([torch.cos(args), torch.sin(args)], -1)
-    return F.pad(emb, (0, dim % 2))
 
 
 def group_norm(channels: int, max_groups: int = 32) -> nn.GroupNorm:
@@ -274,25 +264,16 @@ class LatentGenerator(nn.Module):
         return self.net(torch.cat([x_t, eta], 1), t)
 
 
-def count_parameters(module: nn.Module) -> int:
-    return sum(p.numel() for p in module.parameters())
-
-
 def capacity_matched_config(target_params: int, config: UNetConfig,
                             tolerance: float = 0.05) -> UNetConfig:
     """A plain (unconditioned) U-Net config like ``config`` whose parameter count is closest to
     ``target_params``, found by searching the base width and then the time-embedding width;
     raises ValueError if none is within ``tolerance``."""
-    plain = replace(config, conditioning="none", latent_dim=0)
-    best, best_err = plain, math.inf
-    for base in range(config.base_channels, 4 * config.base_channels + 1):
-        cand = replace(plain, base_channels=base, time_dim=None)
-        n = count_parameters(UNet(cand))
-        err = abs(n - target_params) / target_params
-        if err < best_err:
-            best, best_err = cand, err
-        if n > target_params:
-            break
+    plain = replace(config, conditioning="none", latent_dim=0, time_dim=None)
+    base = matched_width(target_params, lambda w: UNet(replace(plain, base_channels=w)), lo=1,
+                         hi=max(8, 8 * config.base_channels))
+    best = replace(plain, base_channels=base)
+    best_err = abs(count_parameters(UNet(best)) - target_params) / target_params
     # Fine tuning: the time-embedding width moves the count in small steps.
     t0 = 4 * best.base_channels
     for t_dim in range(max(8, t0 // 2), 2 * t0 + 1, 2):
