@@ -14,8 +14,14 @@ diffusion"):
     a^2 = abar_t / abar_s,  b = 1 - a^2,
     variance "beta_tilde" = (1 - abar_s) / (1 - abar_t) b  (the posterior's), or "beta" = b.
 
-beta_tilde is 0 on the last jump (s = 0); there it is clipped to the root schedule's beta_1 (as
-improved-diffusion clips its log-variance), so every step has a density.
+beta_tilde is 0 on the last jump (s = 0).  ``final_variance`` says what replaces it:
+  * ``"beta1"`` (default): beta_1 of the root chain, a nearly deterministic last step, as DDPM
+    samplers take it (they return the mean there).  A latent kernel needs this: SMD can only be
+    exact when its variance is below the narrowest component of the true posterior (SMD.md).
+  * ``"clipped"``: :meth:`NoiseSchedule.kernel_variance`, the improved-DDPM clip to the variance of
+    the jump above (the error lab's convention for its best-Gaussian kernels); on a 4-step linear
+    chain that is a variance of about 0.4, which blurs whatever the kernel predicts.
+E6-E8 use one rule for every learned kernel and for the oracle DDPM reference (like for like).
 
 Parameterisations (what the network outputs), with x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps:
   * ``eps``: x0_hat = (x_t - sqrt(1 - abar_t) out) / sqrt(abar_t);
@@ -44,14 +50,19 @@ from .schedules import NoiseSchedule
 
 PARAMETERIZATIONS = ("eps", "x0", "v")
 VARIANCES = ("beta_tilde", "beta")
+FINAL_VARIANCES = ("beta1", "clipped")
 
 
 class _Denoiser(nn.Module, ReverseKernel):
     """What both learned kernels share: schedule bookkeeping, parameterisations, the step mean."""
 
     def __init__(self, net: nn.Module, schedule: NoiseSchedule, shape, parameterization: str,
-                 variance: str):
+                 variance: str, final_variance: str = "beta1"):
         nn.Module.__init__(self)
+        if final_variance not in FINAL_VARIANCES:
+            raise ValueError(f"unknown final_variance {final_variance!r}; choose one of "
+                             f"{FINAL_VARIANCES}")
+        self.final_variance = final_variance
         if parameterization not in PARAMETERIZATIONS:
             raise ValueError(f"unknown parameterization {parameterization!r}; choose one of "
                              f"{PARAMETERIZATIONS}")
@@ -84,7 +95,14 @@ class _Denoiser(nn.Module, ReverseKernel):
             var = b
         else:
             var = om_s / om_t * b
-            var = torch.where(s == 0, -torch.expm1(self._log_ab[1]).expand_as(var), var)
+            if (s == 0).any():
+                var = var.clone()
+                if self.final_variance == "beta1":
+                    var[s == 0] = -torch.expm1(self._log_ab[1])
+                else:
+                    root = self.schedule.root
+                    for tt in torch.unique(t[s == 0]).tolist():
+                        var[(s == 0) & (t == tt)] = root.kernel_variance(int(tt), 0, "beta_tilde")
         return c0, ct, var
 
     def x0_from_output(self, out: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor):
@@ -111,11 +129,19 @@ class _Denoiser(nn.Module, ReverseKernel):
         return ab.sqrt() * x0 + (1 - ab).sqrt() * eps
 
     # ------------------------------------------------------------ kernel contract
+    def _anchor(self) -> torch.Tensor:
+        """A tensor with the network's dtype and device (its first parameter, else buffer)."""
+        for p in self.net.parameters():
+            return p
+        for b in self.net.buffers():
+            return b
+        return self._log_ab.float()
+
     def _prepare(self, x_t: torch.Tensor, t: int, s: int):
         self._log_alpha_bars(t, s)       # validates 0 <= s < t <= T
         N = x_t.shape[0]
         x = x_t.reshape(N, *self.shape)
-        p = next(self.parameters())
+        p = self._anchor()
         tv = torch.full((N,), int(t), dtype=torch.long, device=p.device)
         sv = torch.full((N,), int(s), dtype=torch.long, device=p.device)
         return x, tv, sv, p.dtype
@@ -140,15 +166,16 @@ class GaussianDenoiser(_Denoiser):
         net: backbone, called as ``net(x_t, t)``.
         schedule: the chain it is trained on (its root indexes t).
         shape: data shape (an int D for vectors).
-        parameterization: ``"eps"``, ``"x0"`` or ``"v"``; variance: ``"beta_tilde"`` or ``"beta"``.
+        parameterization: ``"eps"``, ``"x0"`` or ``"v"``; variance: ``"beta_tilde"`` or ``"beta"``;
+        final_variance: ``"beta1"`` or ``"clipped"`` (the beta_tilde of the jump to 0, see above).
     """
 
     is_gaussian = True
     has_latent = False
 
     def __init__(self, net: nn.Module, schedule: NoiseSchedule, shape, parameterization="eps",
-                 variance="beta_tilde", name: str = "ddpm"):
-        super().__init__(net, schedule, shape, parameterization, variance)
+                 variance="beta_tilde", name: str = "ddpm", final_variance: str = "beta1"):
+        super().__init__(net, schedule, shape, parameterization, variance, final_variance)
         self.name = name
 
     def forward(self, x_t: torch.Tensor, t: torch.Tensor, eta=None) -> torch.Tensor:
@@ -180,8 +207,8 @@ class SMDDenoiser(_Denoiser):
     def __init__(self, net: nn.Module, generator_net: nn.Module, schedule: NoiseSchedule, shape,
                  eta_shape, parameterization="eps", variance="beta_tilde",
                  freeze_eta: bool = False, eta_seed: int = 0, n_latent: int = 1,
-                 name: str = "smd"):
-        super().__init__(net, schedule, shape, parameterization, variance)
+                 name: str = "smd", final_variance: str = "beta1"):
+        super().__init__(net, schedule, shape, parameterization, variance, final_variance)
         self.gen = generator_net
         self.eta_shape = (eta_shape,) if isinstance(eta_shape, int) else tuple(eta_shape)
         self.freeze_eta, self.n_latent, self.name = freeze_eta, n_latent, name
@@ -198,7 +225,7 @@ class SMDDenoiser(_Denoiser):
 
     def draw_eta(self, n: int, generator=None, dtype=None, device=None) -> torch.Tensor:
         """n draws of eta (n, *eta_shape) (the frozen eta repeated when frozen)."""
-        p = next(self.parameters())
+        p = self._anchor()
         dtype, device = dtype or p.dtype, device or p.device
         if self.freeze_eta:
             return self.frozen_eta.to(dtype).expand(n, *self.eta_shape)

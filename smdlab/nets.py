@@ -157,3 +157,36 @@ def matched_width(target: int, build: Callable[[int], nn.Module | tuple], lo: in
         mid = (lo + hi) // 2
         lo, hi = (mid, hi) if n(mid) < target else (lo, mid)
     return min((lo, hi), key=lambda w: abs(n(w) - target))
+
+
+class OracleNet(nn.Module):
+    """The perfect network of a Gaussian-mixture target: it outputs the exact regression target
+    E[eps | x_t], E[x_0 | x_t] or E[v | x_t] (per ``parameterization``).  Wrapped in a
+    :class:`smdlab.denoisers.GaussianDenoiser` it is the best DDPM with that kernel's variances
+    (the oracle DDPM, the floor of any learned DDPM); float64 throughout.
+
+    Args:
+        mixture: the target; schedule: the root schedule (t are its steps);
+        parameterization: ``"eps"``, ``"x0"`` or ``"v"``.
+    """
+
+    def __init__(self, mixture, schedule, parameterization: str = "eps"):
+        super().__init__()
+        if parameterization not in ("eps", "x0", "v"):
+            raise ValueError(f"unknown parameterization {parameterization!r}")
+        self.mixture, self.schedule, self.parameterization = mixture, schedule.root, parameterization
+        self.register_buffer("_dtype_anchor", torch.zeros((), dtype=torch.float64))
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, z=None) -> torch.Tensor:
+        from .exact import expected_x0
+
+        x = x.to(torch.float64)
+        out = torch.empty_like(x)
+        for tt in torch.unique(t).tolist():
+            sel = t == tt
+            x0 = expected_x0(self.mixture, self.schedule, x[sel], int(tt))
+            ab = self.schedule.alpha_bars[int(tt)].item()
+            eps = (x[sel] - math.sqrt(ab) * x0) / math.sqrt(1 - ab)
+            out[sel] = {"x0": x0, "eps": eps,
+                        "v": math.sqrt(ab) * eps - math.sqrt(1 - ab) * x0}[self.parameterization]
+        return out

@@ -142,3 +142,22 @@ def test_bad_arguments():
         smd.distribution(torch.zeros(2, 2, dtype=torch.float64), 5, 3, n_latent=0)
     with pytest.raises(ValueError, match="latent"):
         VectorMLP(2, 8, 1, latent_dim=4)(torch.zeros(1, 2), torch.zeros(1))
+
+
+@pytest.mark.parametrize("final", ["beta1", "clipped"])
+def test_oracle_net_module_matches_best_gaussian_including_last_jump(final):
+    # smdlab.nets.OracleNet inside a GaussianDenoiser is the oracle DDPM; with the "clipped" final
+    # variance it is exactly the lab's best beta-tilde Gaussian on every jump of a respaced chain.
+    from smdlab.nets import OracleNet
+    mix = GaussianMixture.grid(3, 0.5, 0.1)
+    chain = ROOT.respace(4)
+    den = GaussianDenoiser(OracleNet(mix, ROOT, "v"), chain, 2, "v", final_variance=final)
+    best = BestGaussianKernel(mix, ROOT, "beta_tilde")
+    x = torch.randn(9, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    for t, s in [(1000, 750), (500, 250), (250, 0)]:
+        d, b = den.distribution(x, t, s), best.distribution(x, t, s)
+        torch.testing.assert_close(d.mean, b.mean)
+        if final == "clipped" or s > 0:
+            torch.testing.assert_close(d.variance, b.variance)
+        else:
+            assert (d.variance == ROOT.betas[0]).all()

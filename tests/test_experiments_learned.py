@@ -1,0 +1,74 @@
+"""E6-E8 end to end at quick size: results, figures, verdicts, the shared model cache; and the
+latent-spread measurement of E7."""
+
+import json
+
+import pytest
+import torch
+
+from smdlab import GaussianMixture, NoiseSchedule
+from smdlab.experiments.base import VERDICTS, Outputs
+
+pytest.importorskip("smdlab.metrics")
+
+from smdlab.experiments import e6_toy, e7_latent_use, e8_few_steps  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def quick_runs(tmp_path_factory):
+    out = Outputs(tmp_path_factory.mktemp("learned"))
+    results = {}
+    for mod, cls in ((e6_toy, e6_toy.ToyConfig), (e7_latent_use, e7_latent_use.LatentUseConfig),
+                     (e8_few_steps, e8_few_steps.FewStepConfig)):
+        results[mod.__name__.rsplit(".", 1)[1]] = mod.run(cls.quick(), out)
+    return out, results
+
+
+def test_quick_runs_write_results_and_figures(quick_runs):
+    out, results = quick_runs
+    for res in results.values():
+        payload = json.loads(res.json_path.read_text())
+        assert payload["experiment"] == res.name
+        assert {"config", "seed", "git_commit", "smdlab_version"} <= set(payload)
+        assert res.figures and all(p.exists() and p.stat().st_size > 0 for p in res.figures)
+        for v in res.verdicts:
+            assert v.status in VERDICTS
+        for line in res.summary_md.splitlines():
+            if line.startswith("!["):
+                assert (out.root / line[line.index("(") + 1:-1]).exists(), line
+    e6 = results["e6_toy"].data
+    kinds = set(e6_toy.ToyConfig.quick().kinds)
+    assert {r["kind"] for r in e6["rows"]} == kinds
+    # every model on its own chain and the full-chain models on the respaced chain
+    assert {(r["train_S"], r["sample_S"]) for r in e6["rows"]} == {(1000, 1000), (1000, 4), (4, 4)}
+    # the capacity-matched DDPM is within 5% of SMD's parameter count
+    assert abs(e6["params"]["ddpm_matched"] / e6["params"]["smd_jensen"] - 1) < 0.05
+    # E7 and E8 reused E6's models (trained once) and wrote their verdict rows
+    claims = {v.claim.split(":")[0] for r in results.values() for v in r.verdicts}
+    assert {"L1", "L2", "C5"} <= claims
+
+
+def test_models_are_cached_on_disk(quick_runs, tmp_path):
+    out, _ = quick_runs
+    cfg = e6_toy.ToyConfig.quick()
+    e6_toy._ZOO.clear()       # forget the in-process cache: the disk cache must serve
+    zoo = e6_toy.toy_zoo(cfg, out)
+    assert all(tm.cached for tm in zoo.values())
+    assert len(list((out.results / "models").iterdir())) == len(zoo)
+
+
+def test_latent_spread_is_zero_for_a_frozen_latent_and_true_spread_matches_mixture():
+    cfg = e6_toy.ToyConfig.quick()
+    root = NoiseSchedule.linear(1000)
+    chain = root.respace(4)
+    model, _ = e6_toy.build(cfg, "smd_energy", chain)
+    mix = GaussianMixture.two_modes(2.0, 0.05)
+    mix = GaussianMixture(mix.weights, torch.cat([mix.means, torch.zeros(2, 1, dtype=torch.float64)], 1),
+                          torch.full((2,), 0.05 ** 2))
+    g = torch.Generator().manual_seed(0)
+    learned, true = e7_latent_use.latent_spread(model.with_frozen_eta(), mix, root, 1000, 750,
+                                                64, 8, g)
+    assert learned == 0.0
+    # at t -> 0 from a low-noise x_t the posterior is one component: no spread
+    _, true_low = e7_latent_use.latent_spread(model, mix, root, 5, 0, 64, 8, g)
+    assert true_low < 1e-3 < true
