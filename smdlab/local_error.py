@@ -257,6 +257,18 @@ def _regression_estimate(ell: torch.Tensor, cvs: list[torch.Tensor]) -> tuple[fl
     return mean, se
 
 
+def _kl_at_points(post: MixturePosterior, dist, n_mc: int, generator) -> tuple[float, float]:
+    """Mean over the posterior's points of KL(post || dist), with its standard error."""
+    x_s = torch.stack([post.sample(generator) for _ in range(n_mc)])
+    log_q = torch.stack([post.log_prob(x) for x in x_s])
+    log_p = torch.stack([dist.log_prob(x) for x in x_s])
+    cvs = [_ratio_cv_mask(dist, post) * torch.expm1((log_p - log_q).clamp(max=700.0))]
+    ce = _cross_entropy(dist, post)
+    if ce is not None:
+        cvs.append(-log_p - ce)
+    return _regression_estimate(log_q - log_p, cvs)
+
+
 # ---------------------------------------------------------------------- public estimators
 def local_errors(mixture: GaussianMixture, kernels: list[ReverseKernel], t: int, s: int,
                  n_points: int = 4096, n_mc: int = 2, n_latent: int | None = 64,
@@ -403,8 +415,8 @@ class StepScorer:
       * ``nll_t``: mean -log q(x_t) under the true marginal at t (how far the chain has drifted),
       * ``mean_gap``: mean ||E_p[x_s | x_t] - E_q[x_s | x_t]|| when the kernel's distribution has
         a mean (zero for every best-Gaussian kernel: their means are exact),
-      * ``kl_t``: mean KL(q(x_s | x_t) || p(x_s | x_t)) at the chain's states (closed-form
-        cross-entropy minus ``n_mc`` Monte Carlo entropy samples; Gaussian kernels only).
+      * ``kl_t`` (and ``kl_t_se``): mean KL(q(x_s | x_t) || p(x_s | x_t)) at the chain's states
+        (the control-variate estimator of this module with ``n_mc`` draws; Gaussian kernels).
     """
 
     def __init__(self, mixture: GaussianMixture, n_mc: int = 8,
@@ -424,10 +436,8 @@ class StepScorer:
         if hasattr(dist, "mean"):
             mu = dist.mean() if callable(dist.mean) else dist.mean
             row["mean_gap"] = (mu - post.mean()).norm(dim=-1).mean().item()
-        ce = _cross_entropy(dist, post)
-        if ce is not None:
-            h, _ = post.entropy_mc(self.n_mc, self.generator)
-            row["kl_t"] = (ce - h).mean().item()
+        if isinstance(dist, Gaussian):
+            row["kl_t"], row["kl_t_se"] = _kl_at_points(post, dist, self.n_mc, self.generator)
         self.rows.append(row)
 
     def as_dict(self) -> dict[str, list]:
