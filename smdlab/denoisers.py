@@ -21,6 +21,8 @@ beta_tilde is 0 on the last jump (s = 0).  ``final_variance`` says what replaces
   * ``"clipped"``: :meth:`NoiseSchedule.kernel_variance`, the improved-DDPM clip to the variance of
     the jump above (the error lab's convention for its best-Gaussian kernels); on a 4-step linear
     chain that is a variance of about 0.4, which blurs whatever the kernel predicts.
+  * a float: that variance (E6-E8 use the data's within-mode variance, the largest final
+    variance under which a latent kernel can still be exact).
 E6-E8 use one rule for every learned kernel and for the oracle DDPM reference (like for like).
 
 Parameterisations (what the network outputs), with x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps:
@@ -59,9 +61,13 @@ class _Denoiser(nn.Module, ReverseKernel):
     def __init__(self, net: nn.Module, schedule: NoiseSchedule, shape, parameterization: str,
                  variance: str, final_variance: str = "beta1"):
         nn.Module.__init__(self)
-        if final_variance not in FINAL_VARIANCES:
+        if isinstance(final_variance, (int, float)) and not isinstance(final_variance, bool):
+            if not final_variance > 0:
+                raise ValueError(f"a numeric final_variance must be positive; got {final_variance}")
+            final_variance = float(final_variance)
+        elif final_variance not in FINAL_VARIANCES:
             raise ValueError(f"unknown final_variance {final_variance!r}; choose one of "
-                             f"{FINAL_VARIANCES}")
+                             f"{FINAL_VARIANCES} or a positive float")
         self.final_variance = final_variance
         if parameterization not in PARAMETERIZATIONS:
             raise ValueError(f"unknown parameterization {parameterization!r}; choose one of "
@@ -97,7 +103,9 @@ class _Denoiser(nn.Module, ReverseKernel):
             var = om_s / om_t * b
             if (s == 0).any():
                 var = var.clone()
-                if self.final_variance == "beta1":
+                if isinstance(self.final_variance, float):
+                    var[s == 0] = self.final_variance
+                elif self.final_variance == "beta1":
                     var[s == 0] = -torch.expm1(self._log_ab[1])
                 else:
                     root = self.schedule.root
@@ -167,7 +175,8 @@ class GaussianDenoiser(_Denoiser):
         schedule: the chain it is trained on (its root indexes t).
         shape: data shape (an int D for vectors).
         parameterization: ``"eps"``, ``"x0"`` or ``"v"``; variance: ``"beta_tilde"`` or ``"beta"``;
-        final_variance: ``"beta1"`` or ``"clipped"`` (the beta_tilde of the jump to 0, see above).
+        final_variance: ``"beta1"``, ``"clipped"`` or a float (the variance of the jump to 0, see
+            the module docstring).
     """
 
     is_gaussian = True

@@ -54,7 +54,8 @@ def test_models_are_cached_on_disk(quick_runs, tmp_path):
     e6_toy._ZOO.clear()       # forget the in-process cache: the disk cache must serve
     zoo = e6_toy.toy_zoo(cfg, out)
     assert all(tm.cached for tm in zoo.values())
-    assert len(list((out.results / "models").iterdir())) == len(zoo)
+    assert all(tm.run_dir.parent == out.results / "models" for tm in zoo.values())
+    assert len({tm.run_dir for tm in zoo.values()}) == len(zoo)   # one folder per model
 
 
 def test_latent_spread_is_zero_for_a_frozen_latent_and_true_spread_matches_mixture():

@@ -8,3 +8,5 @@ from .base import REGISTRY, Experiment, ExperimentResult, Outputs, Verdict, regi
 
 __all__ = ["REGISTRY", "Experiment", "ExperimentResult", "Outputs", "Verdict", "register",
            "save_result"]
+
+from . import e6_toy, e7_latent_use, e8_few_steps  # noqa: E402, F401  (E6-E8 register)

@@ -29,7 +29,7 @@ import torch
 from ..denoisers import GaussianDenoiser, SMDDenoiser
 from ..kernels import BestGaussianKernel, ExactKernel
 from ..mixture import GaussianMixture
-from ..nets import VectorLatentGenerator, VectorMLP, count_parameters, matched_width
+from ..nets import OracleNet, VectorLatentGenerator, VectorMLP, count_parameters, matched_width
 from ..objectives import Objective
 from ..provenance import atomic_write_bytes, save_figure
 from ..sampling import ancestral_sample
@@ -40,16 +40,22 @@ from .base import ExperimentResult, Outputs, register, save_result
 KINDS = ("ddpm", "ddpm_matched", "smd_jensen", "smd_multisample", "smd_energy")
 LABELS = {"ddpm": "DDPM", "ddpm_matched": "DDPM (capacity-matched)", "smd_jensen": "SMD-jensen",
           "smd_multisample": "SMD-multisample", "smd_energy": "SMD-energy",
-          "exact": "exact chain", "gaussian-beta_tilde": "oracle Gaussian (DDPM floor)"}
+          "exact": "exact chain", "oracle_ddpm": "oracle DDPM (exact mean)",
+          "gaussian-beta_tilde": "best beta-tilde Gaussian (clipped last step)",
+          "gaussian-moment": "best Gaussian (moment-matched)"}
 COLORS = {"ddpm": "tab:blue", "ddpm_matched": "tab:cyan", "smd_jensen": "tab:orange",
           "smd_multisample": "tab:green", "smd_energy": "tab:red", "exact": "black",
-          "gaussian-beta_tilde": "gray"}
+          "oracle_ddpm": "dimgray", "gaussian-beta_tilde": "darkgray", "gaussian-moment": "gray"}
 
 
 @dataclass
 class ToyConfig:
     """The toy's target, models, training and evaluation sizes (shared by E6, E7, E8).
 
+    final_variance: the variance of every learned kernel's jump to 0: ``"data"`` = grid_std^2 (the
+    within-mode variance), or ``"beta1"``/``"clipped"`` (see :mod:`smdlab.denoisers`).
+    target_name: ``"grid"`` (grid_size^2 modes, spacing grid_spacing, std grid_std, D = 2) or
+    ``"two_modes"`` (1-D, separation grid_spacing, std grid_std).
     seed: base seed; n_seeds: seeds per model; seed_chains: chains trained with all n_seeds
     (the others with the first seed only, to fit the time budget); chains: training chains (number
     of steps of the respaced linear(T) chain; T itself is the full chain).
@@ -57,6 +63,7 @@ class ToyConfig:
 
     seed: int = 0
     T: int = 1000
+    target_name: str = "grid"
     grid_size: int = 7
     grid_spacing: float = 0.5
     grid_std: float = 0.05
@@ -65,22 +72,25 @@ class ToyConfig:
     n_seeds: int = 3
     seed_chains: tuple = (4,)
     hidden: int = 128
+    time_dim: int = 64
+    gen_hidden: int = 64
     depth: int = 2
     latent_dim: int = 16
     noise_dim: int = 4
     inner_dim: int = 32
     conditioning: str = "hyper"
     parameterization: str = "v"
+    final_variance: str = "data"
     n_multisample: int = 4
-    n_energy: int = 4
-    train_steps: int = 800
+    n_energy: int = 2
+    train_steps: int = 500
     batch: int = 256
     lr: float = 2e-3
     ema_decay: float = 0.99
     warmup_steps: int = 50
     snapshots: tuple = (0.1, 0.3, 1.0)
     n_eval: int = 2000
-    n_grid: int = 96
+    n_grid: int = 128
     n_latent: int = 8
     progress: bool = True
 
@@ -90,8 +100,8 @@ class ToyConfig:
 
     @classmethod
     def quick(cls) -> ToyConfig:
-        return cls(chains=(1000, 4), n_seeds=1, seed_chains=(), train_steps=40, batch=128,
-                   warmup_steps=5, n_eval=300, n_grid=32, n_latent=4, progress=False,
+        return cls(chains=(1000, 4), n_seeds=1, seed_chains=(), train_steps=30, batch=128,
+                   warmup_steps=5, n_eval=200, n_grid=32, n_latent=4, progress=False,
                    snapshots=(0.5, 1.0))
 
 
@@ -109,10 +119,19 @@ class TrainedModel:
     params: int = 0
     seconds: float = 0.0
     cached: bool = False
+    run_dir: Path | None = None
 
 
 def target(cfg: ToyConfig) -> GaussianMixture:
-    return GaussianMixture.grid(cfg.grid_size, cfg.grid_spacing, cfg.grid_std)
+    if cfg.target_name == "grid":
+        return GaussianMixture.grid(cfg.grid_size, cfg.grid_spacing, cfg.grid_std)
+    if cfg.target_name == "two_modes":
+        return GaussianMixture.two_modes(cfg.grid_spacing, cfg.grid_std)
+    raise ValueError(f"unknown target {cfg.target_name!r}; choose 'grid' or 'two_modes'")
+
+
+def data_dim(cfg: ToyConfig) -> int:
+    return 2 if cfg.target_name == "grid" else 1
 
 
 def root_schedule(cfg: ToyConfig) -> NoiseSchedule:
@@ -124,28 +143,40 @@ def chain_of(root: NoiseSchedule, S: int) -> NoiseSchedule:
 
 
 def _smd_parts(cfg: ToyConfig):
-    net = VectorMLP(2, cfg.hidden, cfg.depth, T=cfg.T, latent_dim=cfg.latent_dim,
-                    conditioning=cfg.conditioning, inner_dim=cfg.inner_dim)
-    gen = VectorLatentGenerator(2, cfg.noise_dim, cfg.latent_dim, T=cfg.T)
+    D = data_dim(cfg)
+    net = VectorMLP(D, cfg.hidden, cfg.depth, time_dim=cfg.time_dim, T=cfg.T,
+                    latent_dim=cfg.latent_dim, conditioning=cfg.conditioning,
+                    inner_dim=cfg.inner_dim)
+    gen = VectorLatentGenerator(D, cfg.noise_dim, cfg.latent_dim, hidden=cfg.gen_hidden,
+                                time_dim=max(cfg.time_dim // 2, 2), T=cfg.T)
     return net, gen
 
 
 def matched_hidden(cfg: ToyConfig) -> int:
     """Backbone width of the capacity-matched DDPM (parameters within 5% of the SMD model's)."""
     target_params = count_parameters(*_smd_parts(cfg))
-    return matched_width(target_params, lambda w: VectorMLP(2, w, cfg.depth, T=cfg.T))
+    return matched_width(target_params, lambda w: VectorMLP(data_dim(cfg), w, cfg.depth,
+                                                             time_dim=cfg.time_dim, T=cfg.T))
+
+
+def final_variance(cfg: ToyConfig):
+    return cfg.grid_std ** 2 if cfg.final_variance == "data" else cfg.final_variance
 
 
 def build(cfg: ToyConfig, kind: str, chain: NoiseSchedule):
     """(model, objective) of a kind on a training chain."""
     p = cfg.parameterization
+    fv = final_variance(cfg)
     if kind in ("ddpm", "ddpm_matched"):
         width = cfg.hidden if kind == "ddpm" else matched_hidden(cfg)
-        model = GaussianDenoiser(VectorMLP(2, width, cfg.depth, T=cfg.T), chain, 2, p, name=kind)
+        D = data_dim(cfg)
+        model = GaussianDenoiser(VectorMLP(D, width, cfg.depth, time_dim=cfg.time_dim, T=cfg.T),
+                                 chain, D, p, name=kind, final_variance=fv)
         return model, Objective("jensen", chain)
     if kind.startswith("smd_"):
         net, gen = _smd_parts(cfg)
-        model = SMDDenoiser(net, gen, chain, 2, cfg.noise_dim, p, name=kind)
+        model = SMDDenoiser(net, gen, chain, data_dim(cfg), cfg.noise_dim, p, name=kind,
+                            final_variance=fv)
         obj = kind.removeprefix("smd_")
         n = {"jensen": 1, "multisample": cfg.n_multisample, "energy": cfg.n_energy}[obj]
         return model, Objective(obj, chain, n_samples=n)
@@ -211,7 +242,7 @@ def train_one(cfg: ToyConfig, kind: str, S: int, seed: int, models_dir: Path) ->
             k.eval()
             snaps[step] = k
     return TrainedModel(kind, S, seed, kernel, snaps, res.log, count_parameters(kernel),
-                        res.seconds, res.resumed_from == cfg.train_steps)
+                        res.seconds, res.resumed_from == cfg.train_steps, run_dir)
 
 
 def toy_zoo(cfg: ToyConfig, out: Outputs) -> dict:
@@ -237,9 +268,14 @@ def load_model(run_dir) -> dict:
 
 
 # ---------------------------------------------------------------------------- evaluation
+def kernel_dim(kernel) -> int:
+    return kernel.dim if isinstance(kernel.dim, int) else int(np.prod(kernel.dim))
+
+
 def draw_samples(kernel, chain: NoiseSchedule, n: int, seed: int) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
-    x_T = torch.randn(n, 2, generator=g, dtype=torch.float64)
+    x_T = torch.randn(n, kernel_dim(kernel), generator=g,
+                      dtype=torch.float64)
     return ancestral_sample(kernel, x_T, chain, generator=g)
 
 
@@ -271,8 +307,12 @@ def _evaluate(mix, kernel, chain, cfg, seed, samples, grid):
                                                   ).items() if _is_number(v)}
     if grid:
         g = torch.Generator().manual_seed(seed + 1)
-        row["kl"] = float(grid_global_error(mix, kernel, chain, n_grid=cfg.n_grid,
-                                            n_latent=cfg.n_latent, generator=g)["kl"])
+        res = grid_global_error(mix, kernel, chain, n_grid=cfg.n_grid, n_latent=cfg.n_latent,
+                                generator=g)
+        row["kl"], row["mass_lost"] = float(res["kl"]), float(res["mass_lost"])
+        if not math.isfinite(row["kl"]):
+            # the chain pushed (almost) all mass outside the grid boxes: p(x_0) ~ 0 where q lives
+            row["kl"] = math.inf
     return row
 
 
@@ -281,23 +321,41 @@ def _is_number(v) -> bool:
 
 
 _REFS: dict = {}
+REFERENCES = ("exact", "oracle_ddpm", "gaussian-beta_tilde")
+
+
+def reference_kernel(name: str, mix, cfg: ToyConfig, chain: NoiseSchedule):
+    """The reference chains: ``exact`` (zero local error), ``oracle_ddpm`` (the exact mean with the
+    learned kernels' variances: the best any DDPM of this family can do per step) and
+    ``gaussian-beta_tilde`` (the lab's best beta-tilde Gaussian, improved-DDPM clip on the jump to
+    0, see :mod:`smdlab.denoisers`)."""
+    root = chain.root
+    if name == "exact":
+        return ExactKernel(mix, root)
+    if name == "oracle_ddpm":
+        return GaussianDenoiser(OracleNet(mix, root, cfg.parameterization), chain, mix.D,
+                                cfg.parameterization, name="oracle_ddpm",
+                                final_variance=final_variance(cfg))
+    if name == "gaussian-beta_tilde":
+        return BestGaussianKernel(mix, root, "beta_tilde")
+    raise ValueError(f"unknown reference {name!r}; choose one of {REFERENCES}")
 
 
 def references(mix, cfg: ToyConfig, S_list) -> dict:
-    """Exact and oracle-Gaussian chains at each number of steps: {name: {S: metrics}} (memoised;
-    the grid KL only for S <= 100)."""
+    """Reference chains at each number of steps: {name: {S: metrics}} (memoised; the grid KL only
+    for S <= 100)."""
     root = root_schedule(cfg)
     out = {}
-    for kind in ("exact", "gaussian-beta_tilde"):
-        out[kind] = {}
+    for name in REFERENCES:
+        out[name] = {}
         for S in S_list:
-            key = (kind, cfg.grid_size, cfg.grid_spacing, cfg.grid_std, cfg.T, S, cfg.n_eval,
-                   cfg.n_grid, cfg.n_latent)
+            key = (name, cfg.target_name, cfg.grid_size, cfg.grid_spacing, cfg.grid_std, cfg.T, S,
+                   cfg.n_eval, cfg.n_grid, cfg.n_latent, cfg.parameterization, cfg.final_variance)
             if key not in _REFS:
-                k = ExactKernel(mix, root) if kind == "exact" else \
-                    BestGaussianKernel(mix, root, "beta_tilde")
-                _REFS[key] = _evaluate(mix, k, chain_of(root, S), cfg, 7, None, S <= 100)
-            out[kind][S] = dict(_REFS[key])
+                chain = chain_of(root, S)
+                _REFS[key] = _evaluate(mix, reference_kernel(name, mix, cfg, chain), chain, cfg, 7,
+                                       None, S <= 100)
+            out[name][S] = dict(_REFS[key])
     return out
 
 
@@ -331,6 +389,8 @@ def _scatter(ax, x, mix, title):
 def run(cfg: ToyConfig, out: Outputs) -> ExperimentResult:
     import matplotlib.pyplot as plt
 
+    if data_dim(cfg) != 2:
+        raise ValueError("E6 scatters 2-D samples: use target_name='grid'")
     t0 = time.perf_counter()
     mix = target(cfg)
     root = root_schedule(cfg)
@@ -460,7 +520,7 @@ def _summary(cfg, table, refs, data):
                      f"{fmt(e.get('kl'), e.get('kl_sd'))} | "
                      f"{fmt(e.get('in_mode_share'), e.get('in_mode_share_sd'))} | "
                      f"{fmt(e.get('mmd'), e.get('mmd_sd'))} |")
-    for name in ("exact", "gaussian-beta_tilde"):
+    for name in REFERENCES:
         for S, r in refs[name].items():
             lines.append(f"| {LABELS[name]} | - | {S} | - | {fmt(r.get('kl'))} | "
                          f"{fmt(r.get('in_mode_share'))} | {fmt(r.get('mmd'))} |")

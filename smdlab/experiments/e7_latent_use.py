@@ -54,12 +54,27 @@ class LatentUseConfig(ToyConfig):
     n_points_local: int = 1024
     n_mc: int = 2
     n_latent_local: int = 32
+    two_modes: bool = True
+    two_modes_steps: int = 250
 
     @classmethod
     def quick(cls) -> LatentUseConfig:
         base = ToyConfig.quick()
         return cls(**{f: getattr(base, f) for f in ToyConfig.__dataclass_fields__},
-                   n_points=128, n_eta=8, n_points_local=256, n_latent_local=8)
+                   n_points=128, n_eta=8, n_points_local=256, n_latent_local=8,
+                   two_modes_steps=30)
+
+
+def two_modes_config(cfg: LatentUseConfig) -> ToyConfig:
+    """The second study: 1-D modes at +-1 (std 0.1) with a 2-step chain, small networks that train
+    in seconds (the setting of the objectives test), three seeds."""
+    return ToyConfig(seed=cfg.seed, T=cfg.T, target_name="two_modes", grid_spacing=2.0,
+                     grid_std=0.1, chains=(2,), kinds=("ddpm", *SMD_KINDS), n_seeds=cfg.n_seeds,
+                     seed_chains=(2,), hidden=64, time_dim=32, gen_hidden=32, latent_dim=8,
+                     noise_dim=2, inner_dim=16, n_multisample=4, n_energy=4,
+                     train_steps=cfg.two_modes_steps, batch=256, lr=3e-3, ema_decay=0.95,
+                     warmup_steps=0, snapshots=(0.2, 0.5, 1.0), n_eval=cfg.n_eval,
+                     n_grid=512, n_latent=cfg.n_latent, progress=cfg.progress)
 
 
 def latent_spread(kernel, mix, root, t: int, s: int, n_points: int, n_eta: int,
@@ -77,40 +92,60 @@ def latent_spread(kernel, mix, root, t: int, s: int, n_points: int, n_eta: int,
 @register("e7", "Does SMD use its latent? Spread over eta, local error vs the Gaussian floor, "
           "frozen-eta ablation", LatentUseConfig, heavy=True)
 def run(cfg: LatentUseConfig, out: Outputs) -> ExperimentResult:
+    t0 = time.perf_counter()
+    studies = [("grid", cfg, cfg.study_S if cfg.study_S in cfg.chains else min(cfg.chains))]
+    if cfg.two_modes:
+        studies.append(("two_modes", two_modes_config(cfg), 2))
+    data, figs, sections, rows_by = {}, [], [], {}
+    for tag, tcfg, S in studies:
+        d, rows, fig = _study(tag, tcfg, cfg, S, out)
+        data[tag], rows_by[tag] = d, rows
+        figs.append(fig)
+        sections.append(_table(tag, S, rows, d["seeds"]))
+    data["seconds"] = time.perf_counter() - t0
+    json_path = save_result("e7", cfg, data, out)
+    verdicts, headline = _verdicts(rows_by, {tag: S for tag, _, S in studies})
+    intro = ("Spread ratio = learned / true RMS spread of the step means over eta (0: the latent is "
+             "ignored; 1: as much as the exact kernel). Sum M = local errors summed over the chain's "
+             "jumps (nats; latent kernels use a log-mean-exp over a finite latent sample, biased "
+             "high). Floor = the moment-matched Gaussian per step (no Gaussian kernel has a smaller "
+             "M). Frozen = the same weights with eta held fixed (deterministic latent).")
+    summary = intro + "\n\n" + "\n\n".join(sections)
+    return ExperimentResult("e7", data, json_path, figs, summary, verdicts, headline)
+
+
+def _study(tag, tcfg: ToyConfig, cfg: LatentUseConfig, S: int, out: Outputs):
+    """Every measurement on one target: returns (data, summary rows, figure path)."""
     import matplotlib.pyplot as plt
 
-    t0 = time.perf_counter()
-    mix = target(cfg)
-    root = root_schedule(cfg)
-    S = cfg.study_S if cfg.study_S in cfg.chains else min(cfg.chains)
+    mix = target(tcfg)
+    root = root_schedule(tcfg)
     chain = chain_of(root, S)
-    zoo = toy_zoo(cfg, out)
-    kinds = [k for k in SMD_KINDS if k in cfg.kinds]
+    zoo = toy_zoo(tcfg, out)
+    kinds = [k for k in SMD_KINDS if k in tcfg.kinds]
     seeds = sorted({sd for (k, s_, sd) in zoo if s_ == S})
     pairs = chain_steps(zoo[kinds[0], S, 0].kernel, chain)
     g = torch.Generator().manual_seed(cfg.seed + 7)
     # ---- spread over training (seed 0) and at the end (all seeds)
     spread_training = {}
     for kind in kinds:
-        tm = zoo[kind, S, 0]
         spread_training[kind] = {}
-        for step, k in sorted(tm.snapshots.items()):
+        for step, k in sorted(zoo[kind, S, 0].snapshots.items()):
             vals = [latent_spread(k, mix, root, t, s, cfg.n_points, cfg.n_eta, g)
                     for t, s in pairs]
             spread_training[kind][step] = {"learned": [v[0] for v in vals],
                                            "true": [v[1] for v in vals]}
-    final_step = cfg.train_steps
-    ratio = {}      # kind -> per-seed ratio of summed learned spread to summed true spread
+    final_step = tcfg.train_steps
+    ratio = {}
     for kind in kinds:
         ratio[kind] = []
         for sd in seeds:
             vals = [latent_spread(zoo[kind, S, sd].kernel, mix, root, t, s, cfg.n_points,
                                   cfg.n_eta, g) for t, s in pairs]
             ratio[kind].append(sum(v[0] for v in vals) / max(sum(v[1] for v in vals), 1e-12))
-    # ---- local errors: learned (fresh and frozen eta), DDPM, best Gaussian floor
-    floor = BestGaussianKernel(mix, root, "beta_tilde")
-    local = {}        # name -> seed -> list over jumps of (mean, se)
-    gkl = {}          # name -> seed -> global KL
+    # ---- local errors (fresh and frozen eta, DDPM, the moment-matched floor) and global KL
+    floor = BestGaussianKernel(mix, root, "moment")
+    local, gkl = {}, {}
     for sd in seeds:
         kernels = [floor]
         if ("ddpm", S, sd) in zoo:
@@ -125,53 +160,49 @@ def run(cfg: LatentUseConfig, out: Outputs) -> ExperimentResult:
                 local.setdefault(k.name, {}).setdefault(sd, [None] * len(pairs))[j] = \
                     (r.mean, r.se)
         for k in kernels[1:]:
-            gkl.setdefault(k.name, {})[sd] = grid_global_error(
-                mix, k, chain, n_grid=cfg.n_grid, n_latent=cfg.n_latent, generator=g)["kl"]
-    floor_total = sum(m for m, _ in local[floor.name][seeds[0]])
-    summary_rows = {}
+            r = grid_global_error(mix, k, chain, n_grid=tcfg.n_grid, n_latent=tcfg.n_latent,
+                                  generator=g)
+            gkl.setdefault(k.name, {})[sd] = r["kl"] if math.isfinite(r["kl"]) else math.inf
+    rows = {}
     for name, per_seed in local.items():
         totals = [sum(m for m, _ in v) for v in per_seed.values()]
         m, sdv = mean_spread(totals)
         gm = mean_spread(list(gkl[name].values())) if name in gkl else (float("nan"), 0.0)
-        summary_rows[name] = {"sum_M": m, "sum_M_sd": sdv, "global_kl": gm[0],
-                              "global_kl_sd": gm[1], "n_seeds": len(totals)}
+        rows[name] = {"sum_M": m, "sum_M_sd": sdv, "global_kl": gm[0], "global_kl_sd": gm[1],
+                      "n_seeds": len(totals)}
     for kind in kinds:
-        summary_rows[kind]["spread_ratio"], summary_rows[kind]["spread_ratio_sd"] = \
-            mean_spread(ratio[kind])
-    data = {"chain_steps": S, "jumps": pairs, "seeds": seeds, "spread_training": spread_training,
-            "spread_ratio": ratio, "local_error": local, "global_kl": gkl,
-            "floor_sum_M": floor_total, "summary": summary_rows,
-            "seconds": time.perf_counter() - t0,
+        rows[kind]["spread_ratio"], rows[kind]["spread_ratio_sd"] = mean_spread(ratio[kind])
+    rows["floor"] = rows.pop(floor.name)
+    data = {"target": tag, "chain_steps": S, "jumps": pairs, "seeds": seeds,
+            "spread_training": spread_training, "spread_ratio": ratio, "local_error": local,
+            "global_kl": gkl, "summary": rows,
             "estimator": {"n_points": cfg.n_points_local, "n_mc": cfg.n_mc,
-                          "n_latent": cfg.n_latent_local,
-                          "note": "latent kernels: log-mean-exp over n_latent draws, so their M "
-                                  "is biased high (conservative for SMD)"}}
-    json_path = save_result("e7", cfg, data, out)
+                          "n_latent": cfg.n_latent_local}}
     # ---- figure: spread per jump (final), spread ratio over training, M per jump
     fig, axes = plt.subplots(1, 3, figsize=(14, 3.8))
     xs = np.arange(len(pairs))
     labels = [f"{t}->{s}" for t, s in pairs]
     ax = axes[0]
-    true = spread_training[kinds[0]][final_step]["true"]
-    ax.plot(xs, true, "k--", marker="o", label="true posterior (component means)")
+    ax.plot(xs, spread_training[kinds[0]][final_step]["true"], "k--", marker="o",
+            label="true posterior (component means)")
     for kind in kinds:
         ax.plot(xs, spread_training[kind][final_step]["learned"], marker="o", color=COLORS[kind],
                 label=LABELS[kind])
     ax.set_xticks(xs, labels)
     ax.set_xlabel("jump t -> s (root steps)")
     ax.set_ylabel("RMS spread of the step mean over eta")
-    ax.set_title(f"latent use at the end of training ({S}-step chain)", fontsize=9)
+    ax.set_title(f"{tag}: latent use after training ({S}-step chain, seed 0)", fontsize=9)
     ax.legend(fontsize=7)
     ax = axes[1]
     for kind in kinds:
         st = sorted(spread_training[kind])
-        r = [sum(spread_training[kind][k]["learned"]) / max(sum(spread_training[kind][k]["true"]),
-                                                            1e-12) for k in st]
+        r = [sum(spread_training[kind][k]["learned"])
+             / max(sum(spread_training[kind][k]["true"]), 1e-12) for k in st]
         ax.plot(st, r, marker="o", color=COLORS[kind], label=LABELS[kind])
     ax.axhline(1.0, color="k", ls="--", lw=0.8, label="exact kernel")
     ax.set_xlabel("training step")
     ax.set_ylabel("learned / true spread (summed over jumps)")
-    ax.set_title("latent use over training", fontsize=9)
+    ax.set_title(f"{tag}: latent use over training", fontsize=9)
     ax.legend(fontsize=7)
     ax = axes[2]
     names = [floor.name] + (["ddpm"] if "ddpm" in local else []) + \
@@ -181,69 +212,85 @@ def run(cfg: LatentUseConfig, out: Outputs) -> ExperimentResult:
         m = np.array([v[0] for v in local[name][seeds[0]]])
         se = np.array([v[1] for v in local[name][seeds[0]]])
         base = name.removesuffix("-frozen")
-        ax.bar(xs + (i - len(names) / 2) * w, np.maximum(m, 1e-4), w, yerr=se,
+        ax.bar(xs + (i - len(names) / 2 + 0.5) * w, np.clip(m, 1e-4, None), w, yerr=se,
                color=COLORS.get(base, "gray"), hatch="//" if name.endswith("-frozen") else None,
-               edgecolor="k" if name == floor.name else None,
                label=LABELS.get(name, LABELS.get(base, name) + " (frozen eta)"))
     ax.set_yscale("log")
     ax.set_xticks(xs, labels)
     ax.set_xlabel("jump t -> s (root steps)")
-    ax.set_ylabel("local error M (nats)")
-    ax.set_title("local error vs the best-Gaussian floor (0 = exact)", fontsize=9)
+    ax.set_ylabel("local error M (nats, log scale)")
+    ax.set_title(f"{tag}: local error vs the Gaussian floor (0 = exact)", fontsize=9)
     ax.legend(fontsize=6, ncol=2)
     fig.tight_layout()
-    figs = [save_figure(fig, out.figure("e7_latent_use"))]
+    name = "e7_latent_use" if tag == "grid" else f"e7_latent_use_{tag}"
+    path = save_figure(fig, out.figure(name))
     plt.close(fig)
-    summary, verdicts, headline = _summary(cfg, S, summary_rows, floor.name, seeds)
-    return ExperimentResult("e7", data, json_path, figs, summary, verdicts, headline)
+    return data, rows, path
 
 
-def _summary(cfg, S, rows, floor_name, seeds):
-    lines = [f"On the {S}-step chain, seeds {seeds}: how much the SMD kernels use their latent and "
-             "what it buys. Spread ratio = learned / true RMS spread of the step means (0: the "
-             "latent is ignored; 1: as much as the exact kernel). Sum M = local errors summed over "
-             "the chain's jumps (nats; latent kernels biased high by the finite latent sample). "
-             "Frozen = the same weights with eta held fixed.", "",
+def _table(tag, S, rows, seeds):
+    title = {"grid": "7x7 grid", "two_modes": "1-D two modes"}.get(tag, tag)
+    lines = [f"**{title}, {S}-step chain, seeds {seeds}.**", "",
              "| kernel | spread ratio | sum M | global KL |", "|---|---|---|---|"]
-    order = [floor_name, "ddpm"] + [n for k in SMD_KINDS for n in (k, f"{k}-frozen")]
+    order = ["floor", "ddpm"] + [n for k in SMD_KINDS for n in (k, f"{k}-frozen")]
     for name in order:
         if name not in rows:
             continue
         r = rows[name]
         base = name.removesuffix("-frozen")
-        label = LABELS.get(name, LABELS.get(base, name) + " (frozen eta)")
+        label = "best Gaussian (floor)" if name == "floor" else \
+            LABELS.get(name, LABELS.get(base, name) + " (frozen eta)")
         lines.append(f"| {label} | {fmt(r.get('spread_ratio'), r.get('spread_ratio_sd'))} | "
                      f"{fmt(r['sum_M'], r['sum_M_sd'])} | "
-                     f"{fmt(r['global_kl'], r['global_kl_sd'])} |")
-    lines += ["", "![E7 latent use](figures/e7_latent_use.png)"]
-    floor = rows[floor_name]["sum_M"]
-    verdicts, headline = [], {"floor_sum_M": round(floor, 4)}
-    for k in SMD_KINDS:
-        if k in rows:
-            headline[f"spread_ratio_{k}"] = round(rows[k]["spread_ratio"], 4)
-            headline[f"sum_M_{k}"] = round(rows[k]["sum_M"], 4)
+                     f"{fmt(r.get('global_kl'), r.get('global_kl_sd'))} |")
+    fig = "e7_latent_use" if tag == "grid" else f"e7_latent_use_{tag}"
+    lines += ["", f"![E7 latent use, {title}](figures/{fig}.png)"]
+    return "\n".join(lines)
+
+
+def _verdicts(rows_by: dict, steps: dict):
+    verdicts, headline = [], {}
+    for tag, rows in rows_by.items():
+        headline[f"{tag}_floor_sum_M"] = round(rows["floor"]["sum_M"], 4)
+        for k in SMD_KINDS:
+            if k in rows:
+                headline[f"{tag}_spread_ratio_{k}"] = round(rows[k]["spread_ratio"], 4)
+                headline[f"{tag}_sum_M_{k}"] = round(rows[k]["sum_M"], 4)
     fig = "figures/e7_latent_use.png"
-    if "smd_jensen" in rows:
+
+    def collapsed(rows):
+        r = rows["smd_jensen"]
+        return r["spread_ratio"] < 0.1
+
+    def escaped(rows, k):
+        return k in rows and rows[k]["spread_ratio"] > 0.3 and rows[k]["sum_M"] < rows["floor"]["sum_M"]
+
+    def ev_j(tag, rows):
         r, fr = rows["smd_jensen"], rows["smd_jensen-frozen"]
-        collapsed = r["spread_ratio"] < 0.1 and r["sum_M"] > 0.8 * floor
-        ev = (f"{S}-step chain: spread ratio {fmt(r['spread_ratio'], r['spread_ratio_sd'])}; sum M "
-              f"{fmt(r['sum_M'])} vs best-Gaussian floor {fmt(floor)}; global KL fresh eta "
-              f"{fmt(r['global_kl'])} vs frozen {fmt(fr['global_kl'])}")
-        verdicts.append(Verdict("L1: the paper's jensen objective collapses SMD to a Gaussian "
-                                "kernel", "holds" if collapsed else "does not hold as stated",
-                                ev, fig))
-    escaped = [k for k in ("smd_multisample", "smd_energy") if k in rows
-               and rows[k]["spread_ratio"] > 0.3 and rows[k]["sum_M"] < floor]
-    if any(k in rows for k in ("smd_multisample", "smd_energy")):
-        ev = "; ".join(f"{LABELS[k]}: spread ratio {fmt(rows[k]['spread_ratio'])}, sum M "
-                       f"{fmt(rows[k]['sum_M'])} (floor {fmt(floor)}), global KL "
-                       f"{fmt(rows[k]['global_kl'])} vs frozen "
-                       f"{fmt(rows[k + '-frozen']['global_kl'])}"
-                       for k in ("smd_multisample", "smd_energy") if k in rows)
-        status = ("holds" if len(escaped) == 2 else
-                  "holds with qualification" if escaped else "does not hold as stated")
+        return (f"{tag} ({steps[tag]} steps): spread ratio {fmt(r['spread_ratio'], r['spread_ratio_sd'])}, "
+                f"sum M {fmt(r['sum_M'])} vs floor {fmt(rows['floor']['sum_M'])}, global KL "
+                f"{fmt(r['global_kl'])} (frozen eta {fmt(fr['global_kl'])})")
+    tags = [t for t in rows_by if "smd_jensen" in rows_by[t]]
+    if tags:
+        n_coll = sum(collapsed(rows_by[t]) for t in tags)
+        status = ("holds" if n_coll == len(tags) else
+                  "holds with qualification" if n_coll else "does not hold as stated")
+        verdicts.append(Verdict("L1: the paper's jensen objective collapses SMD to a Gaussian kernel",
+                                status, "; ".join(ev_j(t, rows_by[t]) for t in tags), fig))
+    alt = ("smd_multisample", "smd_energy")
+    parts, wins, total = [], 0, 0
+    for tag, rows in rows_by.items():
+        for k in alt:
+            if k not in rows:
+                continue
+            total += 1
+            wins += escaped(rows, k)
+            parts.append(f"{tag} {LABELS[k]}: spread ratio {fmt(rows[k]['spread_ratio'])}, sum M "
+                         f"{fmt(rows[k]['sum_M'])} (floor {fmt(rows['floor']['sum_M'])}), global KL "
+                         f"{fmt(rows[k]['global_kl'])} (frozen {fmt(rows[k + '-frozen']['global_kl'])})")
+    if total:
+        status = ("holds" if wins == total else "holds with qualification" if wins
+                  else "does not hold as stated")
         verdicts.append(Verdict("L2: the multisample and energy objectives make SMD use its latent "
-                                "and go below the Gaussian floor", status, ev, fig))
-    if not math.isfinite(floor):
-        verdicts = []
-    return "\n".join(lines), verdicts, headline
+                                "and go below the Gaussian floor", status, "; ".join(parts), fig))
+    return verdicts, headline
