@@ -93,7 +93,7 @@ class Objective:
         x_t = den.diffuse(x0, eps, t)
         if self.kind == "jensen" and self.weighting == "simple":
             eta = _eta(den, N, generator, x0)
-            out = model(x_t, t, eta)
+            out = model(x_t, t, eta).to(x0.dtype)     # float32 losses under bf16 autocast
             loss = (out - den.regression_target(x0, eps, t)).square().flatten(1).mean(1)
             return loss.mean(), {}
         if self.kind == "energy":
@@ -118,7 +118,7 @@ def _multisample(model, den, x0, x_t, t, s, K, generator):
     xr = x_t.repeat_interleave(K, 0)
     tr = t.repeat_interleave(K, 0)
     eta = _eta(den, N * K, generator, x0)
-    x0_hat = den.x0_from_output(model(xr, tr, eta), xr, tr)
+    x0_hat = den.x0_from_output(model(xr, tr, eta).to(x0.dtype), xr, tr)
     # x_s - mu_k = c0 d_k + sqrt(q_var) xi with d_k = x0 - x0_hat_k; the term q_var ||xi||^2 of
     # ||x_s - mu_k||^2 is the same for every k and free of parameters, so it is dropped exactly.
     d = (x0.repeat_interleave(K, 0) - x0_hat).flatten(1).reshape(N, K, D)
@@ -137,7 +137,7 @@ def _energy(model, den, x0, x_t, t, M, generator):
     xr = x_t.repeat_interleave(M, 0)
     tr = t.repeat_interleave(M, 0)
     eta = _eta(den, N * M, generator, x0)
-    x0_hat = den.x0_from_output(model(xr, tr, eta), xr, tr).reshape(N, M, D)
+    x0_hat = den.x0_from_output(model(xr, tr, eta).to(x0.dtype), xr, tr).reshape(N, M, D)
     target = x0.reshape(N, 1, D)
     fit = _norm(x0_hat - target).mean(1)
     pair = _norm(x0_hat[:, :, None] - x0_hat[:, None, :])            # (N, M, M), zero diagonal
