@@ -83,3 +83,21 @@ def test_gpu_script_end_to_end_on_cpu_with_tiny_preset(tmp_path):
     assert res["dataset"]["train"] == "mnist:train" and res["dataset"]["shape"] == [1, 8, 8]
     assert (out / "REPORT-images.md").exists() and (out / "environment.txt").exists()
     assert "wall seconds" in (out / "environment.txt").read_text()
+
+
+@pytest.mark.slow
+def test_torchrun_two_cpu_processes_end_to_end(tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO),
+           "CUDA_VISIBLE_DEVICES": ""}
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                           "--nproc_per_node", "2", "-m", "smdlab.images", "--preset", "tiny",
+                           "--device", "cpu", "--out", str(tmp_path)],
+                          env=env, capture_output=True, text=True, timeout=600, cwd=REPO)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    res = json.loads((tmp_path / "results" / "images" / "images.json").read_text())["result"]
+    assert res["world_size"] == 2
+    assert all(m["global_batch"] == 2 * res["config"]["batch_size"] for m in res["models"].values())
+    # one writer: each run folder holds one checkpoint and one log
+    for run in (tmp_path / "runs" / "images").iterdir():
+        if run.is_dir():
+            assert sorted(p.name for p in run.iterdir()) == ["ckpt_00000006.pt", "log.json"]

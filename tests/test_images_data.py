@@ -141,7 +141,8 @@ def test_folder_labels_skip_and_resize(tmp_path):
     assert data.class_names == ("cats", "dogs")
     assert sorted(data.labels.tolist()) == [0, 0, 0, 1, 1, 1]
     assert torch.allclose(data.images[data.labels == 1], torch.tensor(200 / 127.5 - 1), atol=1e-5)
-    grey = load_dataset("folder", tmp_path, "train", image_size=8, channels=1)
+    with pytest.warns(UserWarning, match="skipped 1"):
+        grey = load_dataset("folder", tmp_path, "train", image_size=8, channels=1)
     assert grey.images.shape[1] == 1 and len(grey) == 5  # one held out for the test split
 
 

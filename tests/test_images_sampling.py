@@ -97,3 +97,16 @@ def test_generate_smd_reproducible_and_frozen(tmp_path):
     from PIL import Image
 
     assert Image.open(path).size == ((3 * 9 + 1) * 4, (2 * 9 + 1) * 4)
+
+
+def test_latent_spread_zero_iff_latent_ignored():
+    from smdlab.images.models import latent_spread
+
+    torch.manual_seed(0)
+    smd = build_model(ModelSpec("smd", "smd", latent_dim=2), unet(), NoiseSchedule.linear(20))
+    x0 = torch.rand(6, *SHAPE) * 2 - 1
+    fresh = latent_spread(smd, x0, steps=(5, 20), n_eta=4)
+    frozen = latent_spread(smd.with_frozen_eta(), x0, steps=(5, 20), n_eta=4)
+    for t in (5, 20):
+        assert fresh[t]["eta_std"] > 0 and fresh[t]["ratio"] > 0
+        assert frozen[t]["eta_std"] == 0 and frozen[t]["data_std"] > 0

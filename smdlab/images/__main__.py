@@ -55,6 +55,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="sample from the raw weights instead of the EMA")
     p.add_argument("--seed", type=int)
     p.add_argument("--device", choices=["cpu", "cuda"], help="default: CUDA if available")
+    p.add_argument("--threads", type=int, default=1,
+                   help="CPU threads for torch (default 1: on a shared 2-core machine small ops "
+                        "slow down badly with 2)")
     p.add_argument("--inception-weights", type=Path,
                    help="FID Inception weights file: also report Inception FID (torch-fidelity)")
     return p
@@ -80,6 +83,9 @@ def main(argv=None) -> int:
     if args.inception_weights is not None and not args.inception_weights.is_file():
         print(f"error: Inception weights file {args.inception_weights} not found", file=sys.stderr)
         return 2
+    import torch
+
+    torch.set_num_threads(max(1, args.threads))
     info = init_distributed(cfg.device)
     from ..provenance import REPO_ROOT
 

@@ -105,7 +105,7 @@ def classifier_accuracy(net: nn.Module, data: ImageData, batch_size: int = 512) 
 def train_classifier(train: ImageData, test: ImageData, name: str, steps: int = 600,
                      batch_size: int = 128, lr: float = 2e-3, width: int = 32,
                      feature_dim: int = 128, seed: int = 0, cache_dir=None,
-                     progress: bool = False) -> tuple[SmallClassifier, ClassifierInfo]:
+                     progress: bool = False, device=None) -> tuple[SmallClassifier, ClassifierInfo]:
     """Train :class:`SmallClassifier` on ``train`` (random shifts by one pixel as augmentation),
     measure its accuracy on ``test``; with ``cache_dir``, reuse a stored network trained with the
     same settings on the same data (the file records its accuracy and weights hash)."""
@@ -126,23 +126,26 @@ def train_classifier(train: ImageData, test: ImageData, name: str, steps: int = 
         net.load_state_dict(blob["state"])
         net.eval()
         return net, ClassifierInfo(**blob["info"])
-    g = torch.Generator().manual_seed(seed)
+    device = torch.device(device or "cpu")
+    g = torch.Generator(device=device).manual_seed(seed)
     torch.manual_seed(seed)
+    net.to(device)
+    images, labels = train.images.to(device), train.labels.to(device)
     opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps)
     t0 = time.perf_counter()
     net.train()
     for _ in tqdm(range(steps), disable=not progress, desc=f"classifier {name}"):
-        idx = torch.randint(len(train), (batch_size,), generator=g)
-        x = train.images[idx]
-        dx, dy = torch.randint(-1, 2, (2,), generator=g).tolist()
+        idx = torch.randint(len(train), (batch_size,), generator=g, device=device)
+        x = images[idx]
+        dx, dy = torch.randint(-1, 2, (2,), generator=g, device=device).tolist()
         x = torch.roll(x, (dx, dy), (-2, -1))
-        loss = F.cross_entropy(net(x), train.labels[idx])
+        loss = F.cross_entropy(net(x), labels[idx])
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         sched.step()
-    net.eval()
+    net.cpu().eval()
     info = ClassifierInfo(name, classifier_accuracy(net, test), len(train), len(test), steps,
                           state_hash(net), time.perf_counter() - t0, feature_dim)
     if path is not None:
@@ -257,11 +260,12 @@ def class_frequencies(predicted: torch.Tensor, num_classes: int,
 def evaluate_samples(samples: torch.Tensor, reference: ImageData, classifier: SmallClassifier,
                      info: ClassifierInfo, k: int = 3, seed: int = 0,
                      reference_features: np.ndarray | None = None,
-                     n_bootstrap: int = 10) -> dict:
+                     n_bootstrap: int = 10, pr_max: int = 5000) -> dict:
     """Every metric of generated ``samples`` (N, C, H, W) against ``reference`` in one dict:
     ``fd`` (FD-<net>) and ``fd_boot_std`` (its bootstrap spread over the generated set),
-    ``kid``/``kid_std``, ``precision``/``recall``, ``classes`` (mode coverage),
-    with ``n``, ``n_reference``, ``reference`` (its name/split) and the feature network."""
+    ``kid``/``kid_std``, ``precision``/``recall`` (on equal-size real and generated sets),
+    ``classes`` (mode coverage), with ``n``, ``n_reference``, ``reference`` (its name/split)
+    and the feature network."""
     classifier.eval()
     samples = samples.float().clamp(-1, 1)
     f_fake = extract_features(classifier.features, samples)
@@ -272,7 +276,12 @@ def evaluate_samples(samples: torch.Tensor, reference: ImageData, classifier: Sm
     rng = np.random.default_rng(seed)
     boots = [fd_from_features(f_real, f_fake[rng.integers(0, len(f_fake), len(f_fake))])
              for _ in range(n_bootstrap)]
-    prec, rec = precision_recall(f_real, f_fake, k)
+    # Precision/recall compare k-NN balls, whose radii shrink as a set grows: use as many real
+    # points as generated ones (at most pr_max, which also bounds the O(n^2) distance matrix).
+    m = min(len(f_real), len(f_fake), pr_max)
+    pr_idx = rng.choice(len(f_real), m, replace=False)
+    prec, rec = precision_recall(f_real[pr_idx], f_fake[rng.choice(len(f_fake), m, replace=False)],
+                                 k)
     pred = torch.cat([classifier(samples[i:i + 500]).argmax(-1) for i in range(0, len(samples),
                                                                                 500)])
     return {"metric": f"FD-{info.name}", "fd": fd_from_features(f_real, f_fake),

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, replace
 
+import torch
+
 from ..denoisers import GaussianDenoiser, SMDDenoiser
 from ..schedules import NoiseSchedule
 from .unet import LatentGenerator, UNet, UNetConfig, capacity_matched_config, count_parameters
@@ -81,3 +83,35 @@ def build_model(spec: ModelSpec, unet: UNetConfig, schedule: NoiseSchedule):
                                 name=spec.name)
     return GaussianDenoiser(UNet(replace(unet, conditioning="none", latent_dim=0)), schedule,
                             shape, spec.parameterization, spec.variance, name=spec.name)
+
+
+@torch.no_grad()
+def latent_spread(model, x0: torch.Tensor, steps=(100, 500, 900), n_eta: int = 8,
+                  seed: int = 0) -> dict[int, dict]:
+    """Does an SMD model use its latent?  For clean images x0 (N, C, H, W) and each root step t,
+    draw x_t ~ q(x_t | x0) and predict x0_hat(x_t, eta) for ``n_eta`` latent noises.
+
+    Returns, per t: ``eta_std``, the standard deviation of x0_hat over eta (averaged over pixels
+    and images), and ``data_std``, that of E_eta x0_hat over the images; their ratio is how much
+    of the prediction's variation the latent controls (0: the kernel collapsed to a Gaussian).
+    """
+    den = model
+    p = next(den.parameters())
+    g = torch.Generator(device=p.device).manual_seed(seed)
+    x0 = x0.to(p.device, p.dtype)
+    N = x0.shape[0]
+    out = {}
+    for t in steps:
+        tv = torch.full((N,), int(t), dtype=torch.long, device=p.device)
+        eps = torch.randn(x0.shape, generator=g, device=p.device, dtype=p.dtype)
+        x_t = den.diffuse(x0, eps, tv)
+        preds = []
+        for _ in range(n_eta):
+            eta = den.draw_eta(N, g, dtype=p.dtype, device=p.device)
+            preds.append(den.x0_from_output(den(x_t, tv, eta), x_t, tv))
+        pr = torch.stack(preds)                              # (n_eta, N, C, H, W)
+        eta_std = pr.std(0).mean().item()
+        data_std = pr.mean(0).std(0).mean().item()
+        out[int(t)] = {"eta_std": eta_std, "data_std": data_std,
+                       "ratio": eta_std / max(data_std, 1e-12)}
+    return out
