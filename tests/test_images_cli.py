@@ -35,7 +35,10 @@ def test_smoke_run_writes_everything(smoke_run):
     assert res["feature_net"]["accuracy"] > 0.1 and len(res["feature_net"]["weights_sha256"]) == 16
     models = res["models"]
     assert set(models) == {f"{p}-{m}" for p in ("long", "short")
-                           for m in ("ddpm", "smd-jensen", "smd-energy", "ddpm-matched")}
+                           for m in ("ddpm", "smd-jensen", "smd-energy", "ddpm-matched")} | {
+        "short-seed-ddpm-seed1"}
+    assert models["short-seed-ddpm-seed1"]["seed"] == 1
+    assert "over 2 training seeds" in report
     for m in models.values():
         assert m["parameters"] > 0 and m["step_seconds"] > 0 and m["train_steps"] == 30
     smd, matched = models["long-smd-energy"]["parameters"], models["long-ddpm-matched"]["parameters"]
@@ -43,7 +46,7 @@ def test_smoke_run_writes_everything(smoke_run):
     rows = [e for e in res["evaluations"] if e["protocol"] != "data"]
     cfg = res["config"]
     # every model: ancestral at each sample_steps + DDIM (long), ancestral + DDIM (+ frozen) (short)
-    assert len(rows) == 4 * (len(cfg["sample_steps"]) + len(cfg["ddim_steps"])) + 4 * 2 + 2
+    assert len(rows) == 4 * (len(cfg["sample_steps"]) + len(cfg["ddim_steps"])) + 4 * 2 + 2 + 1
     for e in rows:
         m = e["metrics"]
         assert m["n"] == cfg["n_samples"] and m["reference"] == "digits:train"

@@ -61,7 +61,8 @@ class ImagesConfig:
     training: train_steps (long), short_train_steps, batch_size, lr, warmup_steps, grad_clip,
     ema_decay, checkpoint_every, bf16 (on CUDA);
     evaluation: n_samples, sample_batch, use_ema, classifier_steps, n_grid (images per grid);
-    seed; device (None: CUDA if available).
+    seed; seed_repeats: extra training seeds of the short-chain DDPM (the spread over seeds);
+    device (None: CUDA if available).
     """
 
     preset: str = "default"
@@ -90,8 +91,8 @@ class ImagesConfig:
     spacing: str = "linspace"
     sample_steps: tuple[int, ...] = (100, 50, 20, 10)
     ddim_steps: tuple[int, ...] = (100, 10)
-    train_steps: int = 400
-    short_train_steps: int = 300
+    train_steps: int = 600
+    short_train_steps: int = 400
     batch_size: int = 48
     lr: float = 2e-3
     warmup_steps: int = 50
@@ -105,6 +106,7 @@ class ImagesConfig:
     classifier_steps: int = 400
     n_grid: int = 36
     seed: int = 0
+    seed_repeats: tuple[int, ...] = (1, 2)
     device: str | None = None
 
     @classmethod
@@ -126,6 +128,7 @@ class ImagesConfig:
         self.attn_resolutions = tuple(self.attn_resolutions)
         self.sample_steps = tuple(int(s) for s in self.sample_steps)
         self.ddim_steps = tuple(int(s) for s in self.ddim_steps)
+        self.seed_repeats = tuple(int(s) for s in self.seed_repeats if int(s) != self.seed)
         for s in (*self.sample_steps, *self.ddim_steps, self.short_chain):
             if not 1 <= s <= self.T:
                 raise ValueError(f"every step count must lie in 1..T={self.T}; got {s}")
@@ -270,68 +273,75 @@ def run_images(cfg: ImagesConfig, out: ImageOutputs, info: DistInfo | None = Non
         evaluations.append(Evaluation("real (test split)", "data", "-", 0, evaluate(real)))
 
     specs = cfg.model_specs()
-    for protocol, chain, steps in (("long", root, cfg.train_steps),
-                                   ("short", short, cfg.short_train_steps)):
-        for spec in specs:
-            label = f"{protocol}-{spec.name}"
-            torch.manual_seed(cfg.seed)
-            model = build_model(spec, unet, root)
-            objective = Objective(spec.objective, chain, n_samples=spec.n_samples)
-            extra = {"model": spec.to_dict(), "unet": unet.to_dict(), "chain": chain.name,
-                     "objective": objective.describe(), "dataset": train_data.name,
-                     "n_train": len(train_data), "batch_size": cfg.batch_size,
-                     "world_size": info.world_size}
-            tr = train_image_model(model, objective, train_data.images,
-                                   _train_config(cfg, steps, cfg.seed), batch_size=cfg.batch_size,
-                                   flip=cfg.flip, run_dir=out.runs / label, info=info,
-                                   extra_config=extra, desc=label)
-            res = tr.result
-            models[label] = {"spec": spec.to_dict(), "protocol": protocol, "chain": chain.name,
-                             "parameters": tr.parameters, "train_steps": res.step,
-                             "resumed_from": res.resumed_from,
-                             "step_seconds": tr.step_seconds,
-                             "peak_memory_mib": tr.peak_memory_mib,
-                             "final_loss": res.log[-1]["loss"] if res.log else None,
-                             "loss_log": res.log, "global_batch": cfg.batch_size * info.world_size}
-            log(f"{label}: {tr.parameters} parameters, {res.step} steps "
-                f"(resumed from {res.resumed_from}), {1000 * tr.step_seconds:.1f} ms/step")
-            if info.is_main:
-                net = res.ema if cfg.use_ema else res.model
-                net.eval()
+    # (protocol, chain, steps, spec, seed): every model on both protocols with the main seed, then
+    # the short-chain DDPM again with other seeds to measure the spread over training seeds.
+    jobs = [(p, c, n, spec, cfg.seed) for p, c, n in (("long", root, cfg.train_steps),
+                                                      ("short", short, cfg.short_train_steps))
+            for spec in specs]
+    jobs += [("short-seed", short, cfg.short_train_steps, specs[0], s) for s in cfg.seed_repeats]
+    for protocol, chain, steps, spec, seed in jobs:
+        label = f"{protocol}-{spec.name}" + (f"-seed{seed}" if seed != cfg.seed else "")
+        torch.manual_seed(seed)
+        model = build_model(spec, unet, root)
+        objective = Objective(spec.objective, chain, n_samples=spec.n_samples)
+        extra = {"model": spec.to_dict(), "unet": unet.to_dict(), "chain": chain.name,
+                 "objective": objective.describe(), "dataset": train_data.name,
+                 "n_train": len(train_data), "batch_size": cfg.batch_size,
+                 "world_size": info.world_size}
+        tr = train_image_model(model, objective, train_data.images,
+                               _train_config(cfg, steps, seed), batch_size=cfg.batch_size,
+                               flip=cfg.flip, run_dir=out.runs / label, info=info,
+                               extra_config=extra, desc=label)
+        res = tr.result
+        models[label] = {"spec": spec.to_dict(), "protocol": protocol, "seed": seed,
+                         "chain": chain.name,
+                         "parameters": tr.parameters, "train_steps": res.step,
+                         "resumed_from": res.resumed_from,
+                         "step_seconds": tr.step_seconds,
+                         "peak_memory_mib": tr.peak_memory_mib,
+                         "final_loss": res.log[-1]["loss"] if res.log else None,
+                         "loss_log": res.log, "global_batch": cfg.batch_size * info.world_size}
+        log(f"{label}: {tr.parameters} parameters, {res.step} steps "
+            f"(resumed from {res.resumed_from}), {1000 * tr.step_seconds:.1f} ms/step")
+        if info.is_main:
+            net = res.ema if cfg.use_ema else res.model
+            net.eval()
+            if spec.kind == "smd":
+                probe = test_data.subset(64, torch.Generator().manual_seed(cfg.seed)).images
+                st = chain.original_steps.tolist()   # lowest, middle and highest step
+                steps_probe = sorted({st[1], st[len(st) // 2], st[-1]})
+                models[label]["latent_use"] = latent_spread(net, probe, steps_probe,
+                                                            seed=cfg.seed)
+                log("  latent use (eta std / data std of x0_hat): " + ", ".join(
+                    f"t={t}: {v['ratio']:.3f}" for t, v in models[label]["latent_use"].items()))
+            runs = []
+            if protocol == "long":
+                runs += [("ancestral", s, False) for s in cfg.sample_steps]
+                runs += [("ddim", s, False) for s in cfg.ddim_steps]
+            elif protocol == "short-seed":
+                runs.append(("ancestral", cfg.short_chain, False))
+            else:
+                runs += [("ancestral", cfg.short_chain, False), ("ddim", cfg.short_chain, False)]
                 if spec.kind == "smd":
-                    probe = test_data.subset(64, torch.Generator().manual_seed(cfg.seed)).images
-                    st = chain.original_steps.tolist()   # lowest, middle and highest step
-                    steps_probe = sorted({st[1], st[len(st) // 2], st[-1]})
-                    models[label]["latent_use"] = latent_spread(net, probe, steps_probe,
-                                                                seed=cfg.seed)
-                    log("  latent use (eta std / data std of x0_hat): " + ", ".join(
-                        f"t={t}: {v['ratio']:.3f}" for t, v in models[label]["latent_use"].items()))
-                runs = []
-                if protocol == "long":
-                    runs += [("ancestral", s, False) for s in cfg.sample_steps]
-                    runs += [("ddim", s, False) for s in cfg.ddim_steps]
-                else:
-                    runs += [("ancestral", cfg.short_chain, False), ("ddim", cfg.short_chain, False)]
-                    if spec.kind == "smd":
-                        runs.append(("ancestral", cfg.short_chain, True))
-                for sampler, S, frozen in runs:
-                    kernel = net.with_frozen_eta() if frozen else net
-                    chain_S = root.respace(S, cfg.spacing) if protocol == "long" else short
-                    t0 = time.perf_counter()
-                    x = generate(kernel, cfg.n_samples, chain_S, sampler, 0.0, True,
-                                 cfg.sample_batch, cfg.seed + 1, info.device, progress=False)
-                    secs = time.perf_counter() - t0
-                    m = evaluate(x)
-                    tag = f"{label}-{sampler}{S}" + ("-frozen" if frozen else "")
-                    save_grid(x[:cfg.n_grid], out.grids / f"{tag}.png")
-                    ev = Evaluation(spec.name, protocol, sampler, S, m, frozen, secs,
-                                    {"images_per_second": cfg.n_samples / secs, "grid":
-                                     f"figures/images/grids/{tag}.png"})
-                    evaluations.append(ev)
-                    log(f"  {tag}: FD {m['fd']:.3f} +- {m['fd_boot_std']:.3f}, KID "
-                        f"{m['kid']:.4f}, P/R {m['precision']:.2f}/{m['recall']:.2f}, classes "
-                        f"covered {m['classes']['covered']}, {cfg.n_samples / secs:.0f} img/s")
-            barrier(info)
+                    runs.append(("ancestral", cfg.short_chain, True))
+            for sampler, S, frozen in runs:
+                kernel = net.with_frozen_eta() if frozen else net
+                chain_S = root.respace(S, cfg.spacing) if protocol == "long" else short
+                t0 = time.perf_counter()
+                x = generate(kernel, cfg.n_samples, chain_S, sampler, 0.0, True,
+                             cfg.sample_batch, cfg.seed + 1, info.device, progress=False)
+                secs = time.perf_counter() - t0
+                m = evaluate(x)
+                tag = f"{label}-{sampler}{S}" + ("-frozen" if frozen else "")
+                save_grid(x[:cfg.n_grid], out.grids / f"{tag}.png")
+                ev = Evaluation(spec.name, protocol, sampler, S, m, frozen, secs,
+                                {"images_per_second": cfg.n_samples / secs, "grid":
+                                 f"figures/images/grids/{tag}.png", "train_seed": seed})
+                evaluations.append(ev)
+                log(f"  {tag}: FD {m['fd']:.3f} +- {m['fd_boot_std']:.3f}, KID "
+                    f"{m['kid']:.4f}, P/R {m['precision']:.2f}/{m['recall']:.2f}, classes "
+                    f"covered {m['classes']['covered']}, {cfg.n_samples / secs:.0f} img/s")
+        barrier(info)
 
     result = {
         "config": dataclasses.asdict(cfg),
@@ -467,11 +477,24 @@ def _fmt(x, nd=3):
     return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{nd}f}"
 
 
+def seed_spread(result: dict) -> tuple[float | None, int]:
+    """(standard deviation, count) of the short-chain DDPM's FD over its training seeds."""
+    fds = [e["metrics"]["fd"] for e in result["evaluations"]
+           if e["model"] == "ddpm" and e["protocol"] in ("short", "short-seed")
+           and e["sampler"] == "ancestral"]
+    if len(fds) < 2:
+        return None, len(fds)
+    mean = sum(fds) / len(fds)
+    return math.sqrt(sum((f - mean) ** 2 for f in fds) / (len(fds) - 1)), len(fds)
+
+
 def c5_verdict(result: dict) -> tuple[str, str]:
     """(status, evidence) for C5 "SMD improves DDPM, especially with few steps", from the FD of
     the best SMD model against both Gaussian baselines at the fewest steps of each protocol; a
-    difference counts only beyond twice the larger bootstrap spread."""
+    difference counts only beyond twice the larger of the bootstrap spreads and the spread over
+    training seeds (measured on the short-chain DDPM)."""
     best = result["config"]["best_objective"]
+    seed_sd, _ = seed_spread(result)
     lines, wins, losses = [], 0, 0
     few = min(result["config"]["sample_steps"])
     for protocol, S in (("long", few), ("short", result["config"]["short_chain"])):
@@ -484,7 +507,7 @@ def c5_verdict(result: dict) -> tuple[str, str]:
             b, b_sd = fd(base)
             if smd is None or b is None:
                 continue
-            margin = 2 * max(smd_sd, b_sd)
+            margin = 2 * max(smd_sd, b_sd, seed_sd or 0.0)
             if smd < b - margin:
                 wins += base != "smd-jensen"
             elif smd > b + margin:
@@ -507,9 +530,10 @@ def write_report(result: dict, out: ImageOutputs) -> Path:
     L += ["Made by:", "", "```", result.get("command") or "python -m smdlab.images", "```", ""]
     L += [f"Preset `{cfg['preset']}`; {result['dataset']['n_train']} training images of shape "
           f"{tuple(result['dataset']['shape'])}; device {result['device']}, world size "
-          f"{result['world_size']}; total {result['seconds'] / 60:.1f} min.  Every number comes "
-          f"from one training seed ({cfg['seed']}); spreads are bootstrap spreads over the "
-          f"generated set, not over seeds.", ""]
+          f"{result['world_size']}; total {result['seconds'] / 60:.1f} min.  Each model is "
+          f"trained with seed {cfg['seed']} (the short-chain DDPM also with seeds "
+          f"{list(cfg['seed_repeats'])}); ± values are bootstrap spreads over the generated set.",
+          ""]
     L += ["## Metric", "",
           f"{metric} is the Fréchet distance between penultimate features of a small classifier "
           f"trained here on the training split (test accuracy {_fmt(fn.get('accuracy'))}, "
@@ -521,10 +545,12 @@ def write_report(result: dict, out: ImageOutputs) -> Path:
           f"{result['sampling']['sample_seed']}. KID uses the same features; precision/recall "
           f"are k = 3 nearest-neighbour manifolds; 'classes' counts classes receiving at least "
           f"half their share of the generated images.", ""]
-    L += ["## Models", "", "| model | protocol | parameters | ms / train step | final loss |",
-          "|---|---|---|---|---|"]
+    L += ["## Models", "",
+          "| model | protocol | seed | parameters | ms / train step | final loss |",
+          "|---|---|---|---|---|---|"]
     for m in result["models"].values():
-        L.append(f"| {m['spec']['name']} | {m['protocol']} ({m['chain']}) | {m['parameters']:,} | "
+        L.append(f"| {m['spec']['name']} | {m['protocol']} ({m['chain']}) | {m.get('seed', '')} | "
+                 f"{m['parameters']:,} | "
                  f"{1000 * m['step_seconds']:.1f} | {_fmt(m['final_loss'], 4)} |")
     L += ["", "## Results", "", "![metrics](figures/images/metrics_vs_steps.png)", "",
           f"| model | protocol | sampler | steps | {metric} | KID | precision | recall | classes "
@@ -538,6 +564,10 @@ def write_report(result: dict, out: ImageOutputs) -> Path:
                  f"{m['precision']:.2f} | {m['recall']:.2f} | {m['classes']['covered']} | "
                  f"{m['classes']['tv']:.3f} | {'' if ips is None else f'{ips:.0f}'} |")
     status, evidence = c5_verdict(result)
+    sd, k = seed_spread(result)
+    seed_txt = ("not measured (one seed per model)" if sd is None else
+                f"FD-{fn.get('name', 'net')} of the short-chain DDPM has standard deviation "
+                f"{sd:.2f} over {k} training seeds (all other models: one seed)")
     use = {k: m["latent_use"] for k, m in result["models"].items() if m.get("latent_use")}
     l1 = None
     if use:
@@ -565,11 +595,32 @@ def write_report(result: dict, out: ImageOutputs) -> Path:
           "![samples](figures/images/samples_overview.png)", "",
           "## Verdict", "", "| claim | status | evidence |", "|---|---|---|",
           f"| C5 SMD improves DDPM, especially with few steps | {status} | {evidence} "
-          f"(one seed; differences smaller than twice the bootstrap spread count as ties) |",
+          f"(differences within twice the larger of the bootstrap and training-seed spreads "
+          f"count as ties) |",
           *([f"| L1 the jensen objective collapses SMD to a Gaussian kernel (images) | {l1[0]} | "
              f"{l1[1]} |"] if l1 else []), "",
-          "Scale caveat: these are CPU-sized models trained for minutes; they test the direction "
-          "of the effect at this scale, not the paper's CIFAR-10 numbers.", ""]
+          f"Spread over training seeds: {seed_txt}. Scale caveat: these are CPU-sized models "
+          "trained for minutes; they test the direction of the effect at this scale, not the "
+          "paper's CIFAR-10 numbers. The CPU default samples at most 100 steps (1000-step "
+          "sampling of four models alone would exceed the budget); the GPU presets include 1000.",
+          ""]
+    bench = Path(__file__).resolve().parents[2] / "benchmarks" / "results" / "bench_unet.json"
+    if bench.exists():
+        b = json.loads(bench.read_text())
+        r, c = b["results"], b["config"]
+        L += ["## Cost of the latent (benchmarks/bench_unet.py)", "",
+              f"Same U-Net ({c['image_size']}x{c['image_size']}x{c['channels']}, width "
+              f"{c['base']}, latent {c['latent']}, inner width {c['inner']}, batch {c['batch']}, "
+              f"{c['device']}), train step time relative to the plain U-Net:", "",
+              "| variant | ms / step | x plain | peak memory x plain |", "|---|---|---|---|"]
+        for v, label in (("plain", "plain U-Net"), ("hyper", "SMD conditioning, O(d) form"),
+                         ("film", "FiLM conditioning"),
+                         ("hyper_naive", "naive matrix hypernetwork (as published)"),
+                         ("smd", "full SMD (O(d) conditioning + latent generator)")):
+            if v in r:
+                L.append(f"| {label} | {1000 * r[v]['step_seconds']:.1f} | "
+                         f"{r[v]['time_ratio_to_plain']:.2f} | {r[v]['memory_ratio_to_plain']:.2f} |")
+        L.append("")
     L += ["## Presets for GPU users", "",
           "- `python -m smdlab.images --preset fashion-mnist --data-root DIR` (IDX files; Debian: "
           "`apt-get install dataset-fashion-mnist` -> /usr/share/datasets/fashion-mnist);",
