@@ -134,12 +134,17 @@ def joint_sample(mixture: GaussianMixture, log_ab_t: float, log_ab_s: float, n_p
     else:
         n1 = n_points // 2
         x_t = torch.cat([q_t.sample(n1, generator), wide.sample(n_points - n1, generator)])
-        lq = q_t.log_prob(x_t)
-        lg = torch.logaddexp(lq, wide.log_prob(x_t)) - math.log(2.0)
+        lq = mixture_log_prob(q_t, x_t)
+        lg = torch.logaddexp(lq, mixture_log_prob(wide, x_t)) - math.log(2.0)
         w = (lq - lg).exp()
     post = posterior_from_log_alpha_bars(mixture, x_t, log_ab_t, log_ab_s)
     x_s = torch.stack([post.sample(generator) for _ in range(n_mc)])
     return x_t, w, post, x_s
+
+
+def mixture_log_prob(mixture: GaussianMixture, x: torch.Tensor) -> torch.Tensor:
+    """log q(x) (N,) through the eigenbasis (faster than torch.distributions for many components)."""
+    return torch.logsumexp(mixture.component_log_prob(x) + mixture.weights.log(), -1)
 
 
 def _diffused_mixture(mixture: GaussianMixture, ab: float, om: float, extra: float):
@@ -226,11 +231,13 @@ def _ratio_cv_mask(dist, post: MixturePosterior, factor: float = 4.0 / 3.0,
             p_max = torch.linalg.eigvalsh(dist.covariance)[:, -1]
     elif isinstance(dist, LatentMixture):
         p_max = dist.variance
+    elif isinstance(dist, MixturePosterior):
+        p_max = dist.eigvals.max().expand(post.N)
     else:
-        return torch.ones(post.N, dtype=post.eig_means.dtype)
+        return torch.ones(post.N, dtype=post.x_t.dtype)
     q_min = post.eigvals.min(-1).values                                    # (K,)
     ok = torch.where(post.weights >= min_weight, q_min, torch.zeros_like(q_min)).amax(-1)
-    return (p_max < factor * ok).to(post.eig_means.dtype)
+    return (p_max < factor * ok).to(post.x_t.dtype)
 
 
 def _regression_estimate(ell: torch.Tensor, cvs: list[torch.Tensor]) -> tuple[float, float]:

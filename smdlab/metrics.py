@@ -26,6 +26,7 @@ import math
 import torch
 from scipy import stats
 
+from .local_error import mixture_log_prob
 from .mixture import GaussianMixture
 
 THREE_SIGMA_COVERAGE = math.erf(3 / math.sqrt(2))   # P(|Z| <= 3) = 0.99730
@@ -125,11 +126,11 @@ def sample_metrics(mixture: GaussianMixture, samples, generator: torch.Generator
     x = _check_samples(mixture, samples)
     n = x.shape[0]
     g = generator
-    log_q = mixture.log_prob(x)
+    log_q = mixture_log_prob(mixture, x)
     ref = mixture.sample(n, g)
     out = {"n": n, "nll": -log_q.mean().item(),
            "nll_se": (log_q.std() / math.sqrt(n)).item(),
-           "nll_ref": -mixture.log_prob(ref).mean().item()}
+           "nll_ref": -mixture_log_prob(mixture, ref).mean().item()}
     out["nll_excess"] = out["nll"] - out["nll_ref"]
     out.update(mode_statistics(mixture, x))
     m = min(n, max_mmd)

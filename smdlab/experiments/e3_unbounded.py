@@ -90,11 +90,12 @@ class E3Config:
                    search_stds=(1e-3,), search_levels=(1,), long_subset=8, n_points=256, n_points_dim=256)
 
 
-def multiscale_mixture(root: NoiseSchedule, pairs, per_jump: int, std: float) -> GaussianMixture:
+def multiscale_mixture(root: NoiseSchedule, pairs, per_jump: int, std: float,
+                       max_scales: int = 8) -> GaussianMixture:
     """A 1-D mixture with structure at the scale of every jump of a chain: for each jump t -> s, a
     pair of offsets +-1/sqrt(SNR_t) (modes one noise std apart at t), ``per_jump`` such pairs
     per jump at geometric scales in between; components are all sign combinations (2^J of them,
-    capped at 4096 by keeping 12 scales spread evenly over the sorted list).
+    capped at 2^max_scales by keeping max_scales scales spread evenly over the sorted list).
     """
     scales = []
     for t, _ in pairs:
@@ -102,9 +103,9 @@ def multiscale_mixture(root: NoiseSchedule, pairs, per_jump: int, std: float) ->
         base = 1 / math.sqrt(snr)
         scales += [base * 2.0 ** (i / per_jump) for i in range(per_jump)]
     scales = sorted(set(round(x, 12) for x in scales))
-    if len(scales) > 12:
-        scales = [scales[i] for i in np.unique(np.linspace(0, len(scales) - 1, 12).round()
-                                               .astype(int))]
+    if len(scales) > max_scales:
+        scales = [scales[i] for i in np.unique(np.linspace(0, len(scales) - 1, max_scales)
+                                               .round().astype(int))]
     signs = torch.tensor(list(itertools.product((-1.0, 1.0), repeat=len(scales))),
                          dtype=torch.float64)
     means = signs @ torch.tensor(scales, dtype=torch.float64) / 2
