@@ -9,4 +9,9 @@ from .base import REGISTRY, Experiment, ExperimentResult, Outputs, Verdict, regi
 __all__ = ["REGISTRY", "Experiment", "ExperimentResult", "Outputs", "Verdict", "register",
            "save_result"]
 
+from . import e1_posteriors  # noqa: E402, F401, I001  (registers e1)
+from . import e2_bottleneck  # noqa: E402, F401, I001  (registers e2)
+from . import e3_unbounded  # noqa: E402, F401, I001  (registers e3)
+from . import e4_global  # noqa: E402, F401, I001  (registers e4)
+from . import e5_smd_expressivity  # noqa: E402, F401, I001  (registers e5)
 from . import e6_toy, e7_latent_use, e8_few_steps  # noqa: E402, F401  (E6-E8 register)
