@@ -95,9 +95,9 @@ def run(cfg: E1Config, out: Outputs) -> ExperimentResult:
                 xs = torch.linspace(mu - 5 * sd, mu + 5 * sd, cfg.n_density, dtype=torch.float64)
                 pq = _density(post, xs[:, None])
                 pg = torch.exp(-0.5 * ((xs - mu) / sd) ** 2) / (sd * math.sqrt(2 * math.pi))
-                ax.plot(xs, pq, color=color, lw=1.8,
+                ax.plot(xs.numpy(), pq.numpy(), color=color, lw=1.8,
                         label=f"x_t={x_val:.2f}: KL={info['kl']:.2g}")
-                ax.plot(xs, pg, color=color, lw=1, ls="--")
+                ax.plot(xs.numpy(), pg.numpy(), color=color, lw=1, ls="--")
             ax.set(xlabel="x_s", ylabel="density",
                    title=f"{S} steps, jump {t}->{s} (dashed: best Gaussian)")
             ax.legend(fontsize=7)
@@ -123,13 +123,13 @@ def run(cfg: E1Config, out: Outputs) -> ExperimentResult:
                              dtype=torch.float64)
         pts = torch.cartesian_prod(ax1, ax2)
         dens = _density(post, pts).reshape(ax1.numel(), ax2.numel())
-        ax.pcolormesh(ax1, ax2, dens.T, shading="auto", cmap="magma")
+        ax.pcolormesh(ax1.numpy(), ax2.numpy(), dens.T.numpy(), shading="auto", cmap="magma")
         ev, U = torch.linalg.eigh(cov)
         a = torch.linspace(0, 2 * math.pi, 100, dtype=torch.float64)
         for k in (1, 2):
             circ = torch.stack([a.cos(), a.sin()], -1) * ev.sqrt() * k
             e = circ @ U.T + mu
-            ax.plot(e[:, 0], e[:, 1], "c--", lw=1)
+            ax.plot(e[:, 0].numpy(), e[:, 1].numpy(), "c--", lw=1)
         ax.set(xlabel="x_s[0]", ylabel="x_s[1]", aspect="equal",
                title=f"{S} steps, {t}->{s}: {info['effective_components']:.1f} comps, "
                      f"KL={info['kl']:.2g}")
