@@ -138,8 +138,36 @@ def joint_sample(mixture: GaussianMixture, log_ab_t: float, log_ab_s: float, n_p
         lg = torch.logaddexp(lq, mixture_log_prob(wide, x_t)) - math.log(2.0)
         w = (lq - lg).exp()
     post = posterior_from_log_alpha_bars(mixture, x_t, log_ab_t, log_ab_s)
-    x_s = torch.stack([post.sample(generator) for _ in range(n_mc)])
+    x_s, _ = _sample_with_components(post, n_mc, generator)
     return x_t, w, post, x_s
+
+
+def _sample_with_components(post: MixturePosterior, n_mc: int, generator):
+    """n_mc draws (n_mc, N, D) and the component each came from (n_mc, N)."""
+    if n_mc == 0:
+        return post.x_t.new_empty(0, post.N, post.D), torch.empty(0, post.N, dtype=torch.long)
+    draws = [post.sample(generator, return_components=True) for _ in range(n_mc)]
+    return torch.stack([d[0] for d in draws]), torch.stack([d[1] for d in draws])
+
+
+def _component_cv(post: MixturePosterior, x_s: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+    """log r_k + log N_k(x_s) minus its conditional mean -H(r) - sum_j r_j H(N_j): (n_mc, N).
+
+    log q(x_s) = log r_k + log N_k(x_s) - log rho_k(x_s), with rho_k the responsibility of the
+    sampled component k at x_s.  When the posterior's components are well apart (a bimodal step,
+    where the error lives at small t) rho_k is ~1, so this variate carries almost all of the
+    fluctuation of log q: removing it leaves the estimate nearly noiseless.
+    """
+    lw = post.log_weights
+    h_r = -(lw.exp() * lw).sum(-1)                                           # (N,)
+    h_comp = 0.5 * (post.eigvals.log().sum(-1) + post.D * (1 + math.log(2 * math.pi)))  # (K,)
+    mean = -h_r - lw.exp() @ h_comp                                          # (N,)
+    out = []
+    for x, kk in zip(x_s, k):
+        clp = post.component_log_prob(x)                                     # (N, K)
+        sel = torch.gather(clp + lw, 1, kk[:, None])[:, 0]
+        out.append(sel - mean)
+    return torch.stack(out)
 
 
 def mixture_log_prob(mixture: GaussianMixture, x: torch.Tensor) -> torch.Tensor:
@@ -266,10 +294,11 @@ def _regression_estimate(ell: torch.Tensor, cvs: list[torch.Tensor]) -> tuple[fl
 
 def _kl_at_points(post: MixturePosterior, dist, n_mc: int, generator) -> tuple[float, float]:
     """Mean over the posterior's points of KL(post || dist), with its standard error."""
-    x_s = torch.stack([post.sample(generator) for _ in range(n_mc)])
+    x_s, comp = _sample_with_components(post, n_mc, generator)
     log_q = torch.stack([post.log_prob(x) for x in x_s])
     log_p = torch.stack([dist.log_prob(x) for x in x_s])
-    cvs = [_ratio_cv_mask(dist, post) * torch.expm1((log_p - log_q).clamp(max=700.0))]
+    cvs = [_ratio_cv_mask(dist, post) * torch.expm1((log_p - log_q).clamp(max=700.0)),
+           _component_cv(post, x_s, comp)]
     ce = _cross_entropy(dist, post)
     if ce is not None:
         cvs.append(-log_p - ce)
@@ -301,15 +330,17 @@ def local_errors(mixture: GaussianMixture, kernels: list[ReverseKernel], t: int,
         if getattr(k, "dim", mixture.D) != mixture.D:
             raise ValueError(f"kernel {k.name} has dim {k.dim} but the mixture has D={mixture.D}")
     t, s, lt, ls = _check_jump(kernels[0], t, s)
-    x_t, w, post, x_s = joint_sample(mixture, lt, ls, n_points, n_mc, generator, importance)
+    x_t, w, post, _ = joint_sample(mixture, lt, ls, n_points, 0, generator, importance)
+    x_s, comp = _sample_with_components(post, n_mc, generator)
     log_q = torch.stack([post.log_prob(x) for x in x_s])              # (n_mc, N)
+    c_comp = _component_cv(post, x_s, comp)
     out = []
     for kernel in kernels:
         dist = _kernel_distribution(kernel, post, x_t, t, s, generator, n_latent, mixture, root)
         log_p = torch.stack([dist.log_prob(x) for x in x_s])
         ell = log_q - log_p
         mask = _ratio_cv_mask(dist, post)
-        cvs = [mask * torch.expm1((log_p - log_q).clamp(max=700.0))]
+        cvs = [mask * torch.expm1((log_p - log_q).clamp(max=700.0)), c_comp]
         ce = _cross_entropy(dist, post)
         latent = isinstance(dist, LatentMixture)
         if ce is not None:
