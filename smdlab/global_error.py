@@ -188,9 +188,10 @@ def grid_global_error(mixture: GaussianMixture, kernel: ReverseKernel,
         n_latent: latent draws per node for latent kernels.
         width: box margin in standard deviations of the true marginal at each step.
         prune: drop source nodes whose mass is below prune * (largest mass).
-    Returns a dict: "kl" (nats), "grid" (list of per-axis node arrays at step 0), "density" (p(x_0)
-    on that grid), "q_density" (q(x_0) there), "mass_lost" (1 - final total mass: truncation plus node-rule
-    error), "mass_pruned",
+    Returns a dict: "kl" (nats), "grid" (list of per-axis node arrays at step 0, a box around
+    q(x_0)), "density" (p(x_0) on that grid), "q_density" (q(x_0) there), "mass_lost" (1 - the
+    model's mass on the boxes before the last jump: truncation plus node-rule error),
+    "p_mass_in_box" (p's mass on q's box at step 0), "mass_pruned",
     "n_grid", "steps".
     """
     if mixture.D not in (1, 2):
@@ -211,24 +212,31 @@ def grid_global_error(mixture: GaussianMixture, kernel: ReverseKernel,
     x = grid_points(axes)
     mass = torch.exp(-0.5 * (x * x).sum(-1) - 0.5 * D * LOG_2PI) * cell_volume(axes)
     pruned = 0.0
+    source_mass = 1.0
     for t, s in tqdm(pairs, disable=not progress, desc=f"grid push {kernel.name}"):
         keep = mass > prune * mass.max()
         pruned += mass[~keep].sum().item()
+        source_mass = mass.sum().item()
         dist = kernel.distribution(x[keep], t, s, generator=generator, n_latent=n_latent)
         lo, hi = step_box(mixture, ab[s].item(), width)
-        klo, khi = _kernel_box(dist, width)
-        axes = make_grid(np.minimum(lo, klo), np.maximum(hi, khi), n)
+        if s > 0:
+            # Intermediate states are pushed on: the box must hold the model's mass too.
+            klo, khi = _kernel_box(dist, width)
+            lo, hi = np.minimum(lo, klo), np.maximum(hi, khi)
+        # The last state is only evaluated where q(x_0) lives: the push gives p's density
+        # exactly at the nodes, so p's mass outside q's box does not bias KL(q || p).
+        axes = make_grid(lo, hi, n)
         density = push_density(dist, mass[keep], axes, prune)
         x = grid_points(axes)
         mass = density.reshape(-1) * cell_volume(axes)
-    total = mass.sum().item()
     log_q = mixture_log_prob(mixture, x)
-    q_mass = torch.softmax(log_q, 0)
-    p_mass = mass / total
-    kl = (q_mass * (q_mass.clamp_min(1e-300).log() - p_mass.clamp_min(1e-300).log())).sum().item()
+    q_w = torch.softmax(log_q, 0)                      # node-rule weights of q on its box
+    log_p = density.reshape(-1).clamp_min(1e-300).log()
+    kl = (q_w * (log_q - log_p)).sum().item()
     shape = [a.numel() for a in axes]
     return {"kl": kl, "grid": [a.numpy() for a in axes], "density": density.numpy(),
-            "q_density": log_q.exp().reshape(shape).numpy(), "mass_lost": 1.0 - total,
+            "q_density": log_q.exp().reshape(shape).numpy(),
+            "mass_lost": 1.0 - source_mass, "p_mass_in_box": mass.sum().item(),
             "mass_pruned": pruned, "n_grid": n, "steps": len(pairs), "kernel": kernel.name}
 
 

@@ -52,8 +52,8 @@ class E2Config:
     schedules: tuple = ("linear", "cosine")
     chains: tuple = (1000, 100, 50, 10, 4)
     kinds: tuple = BEST_GAUSSIAN_KINDS
-    n_points: int = 2048
-    n_points_long: int = 192
+    n_points: int = 1024
+    n_points_long: int = 128
     long_chain: int = 500
     n_mc: int = 1
 
@@ -63,7 +63,7 @@ class E2Config:
 
     @classmethod
     def quick(cls):
-        return cls(chains=(10, 4), schedules=("linear",), n_points=512)
+        return cls(chains=(10, 4), schedules=("linear",), n_points=256)
 
 
 def sweep(cfg: E2Config, progress: bool = False) -> dict:

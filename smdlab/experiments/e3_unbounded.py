@@ -85,7 +85,7 @@ class E3Config:
 
     @classmethod
     def quick(cls):
-        return cls(separations=(1.0, 4.0, 64.0), stds=(0.1, 1e-3), dims=(1, 2, 4),
+        return cls(separations=(1.0, 64.0), stds=(0.1, 1e-3), dims=(1, 2, 4),
                    steps=(1000, 10, 2), search_chains=(10, 4), search_separations=(2.0, 32.0),
                    search_stds=(1e-3,), search_levels=(1,), long_subset=8, n_points=256, n_points_dim=256)
 
