@@ -232,8 +232,6 @@ def _figure(data, cfg, out):
     for S, st in ((T, "-o"), (10, "-s")):
         a.plot(seps, [max(r[f"S{S}"]["max"], 1e-12) for r in data["separation"]], st, ms=4,
                label=f"max over jumps, {S} steps")
-        a.plot(seps, [max(r[f"S{S}"]["min"], 1e-16) for r in data["separation"]], st, ms=4,
-               alpha=0.5, label=f"min over jumps, {S} steps")
     a.set(xscale="log", yscale="log", xlabel="separation of the two modes (std 0.1)",
           ylabel="M_t (nats)", title="(a) mode separation")
     a.legend(fontsize=7)
@@ -250,12 +248,13 @@ def _figure(data, cfg, out):
     # (c)
     c = ax[1, 0]
     Ds = [r["D"] for r in data["dimension"]]
-    c.plot(Ds, [r["sum"] for r in data["dimension"]], "-o", label="sum over jumps (10 steps)")
-    c.plot(Ds, [r["min"] for r in data["dimension"]], "-s", label="min over jumps")
+    c.errorbar(Ds, [r["sum"] for r in data["dimension"]],
+               yerr=[2 * r["sum_se"] for r in data["dimension"]], fmt="-o",
+               label="sum over the jumps of a 10-step chain (± 2 se)")
     c.plot(Ds, [data["dimension"][0]["sum"] * d for d in Ds], ":", color="gray",
            label="D x (1-D value)")
     c.set(xscale="log", yscale="log", xlabel="dimension D (product of 1-D two-mode mixtures)",
-          ylabel="M (nats)", title="(c) dimension")
+          ylabel="sum of M (nats)", title="(c) dimension")
     c.legend(fontsize=7)
     # (d)
     d = ax[1, 1]
