@@ -100,3 +100,24 @@ def test_bad_input():
         grid_global_error(TWO, ExactKernel(TWO, SCHED), SCHED.respace(2), n_grid=3)
     with pytest.raises(ValueError, match="respacing"):
         grid_global_error(TWO, ExactKernel(TWO, SCHED), NoiseSchedule.cosine(10))
+
+
+def test_latent_kernel_push_averages_over_draws():
+    """A latent kernel whose draws all sit at the Gaussian kernel's mean pushes the same density."""
+    from smdlab.distributions import LatentMixture
+    from smdlab.kernels import ReverseKernel
+
+    class Copies(ReverseKernel):
+        def __init__(self, inner):
+            self.inner, self.schedule, self.dim, self.name = inner, inner.schedule, 1, "copies"
+
+        def distribution(self, x_t, t, s, generator=None, n_latent=None):
+            g = self.inner.distribution(x_t, t, s)
+            L = n_latent or 1
+            return LatentMixture(g.mean[:, None, :].expand(-1, L, -1), g.variance)
+
+    k = BestGaussianKernel(TWO, SCHED, "beta")
+    ch = SCHED.respace(4)
+    a = grid_global_error(TWO, k, ch, n_grid=256)
+    b = grid_global_error(TWO, Copies(k), ch, n_grid=256, n_latent=5)
+    assert b["kl"] == pytest.approx(a["kl"], rel=1e-9)

@@ -138,3 +138,21 @@ def test_step_scorer_on_a_chain():
     assert d["t"] == ch.original_steps.tolist()[::-1][:-1]
     assert max(d["mean_gap"]) < 1e-9      # the best Gaussians' means are exact
     assert all(k > -4 * se - 1e-9 for k, se in zip(d["kl_t"], d["kl_t_se"]))
+
+
+def test_smd_construction_exact_below_lambda_min_and_sampled_latents_converge():
+    from smdlab.experiments.e5_smd_expressivity import MixtureConstructionKernel
+
+    mix = GaussianMixture([0.5, 0.5], [[-1.0], [1.0]], [0.01, 0.01])
+    t, s = 300, 200
+    exact = local_error(mix, MixtureConstructionKernel(mix, SCHED, 1.0), t, s, n_points=256,
+                        n_latent=None, generator=gen())
+    assert exact.mean == 0.0
+    floor = local_error(mix, MixtureConstructionKernel(mix, SCHED, 4.0), t, s, n_points=1024,
+                        n_latent=None, generator=gen())
+    assert floor.mean > 4 * floor.se
+    few, many = (local_error(mix, MixtureConstructionKernel(mix, SCHED, 1.0), t, s,
+                             n_points=1024, n_latent=L, generator=gen()) for L in (2, 512))
+    assert many.mean < few.mean and many.mean < 0.02
+    with pytest.raises(ValueError, match="ratio"):
+        MixtureConstructionKernel(mix, SCHED, -1.0)
