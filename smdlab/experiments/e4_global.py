@@ -146,7 +146,7 @@ def _figures(data, cfg, out):
     plt.close(fig)
     # Densities.
     d1, d2 = data["two_modes"]["densities"], data["grid"]["densities"]
-    keys2 = [k for k in d2 if k != "q"]
+    keys2 = ["q"] + [k for k in d2 if k != "q"]
     fig, axes = plt.subplots(1, 1 + len(keys2), figsize=(4.2 * (1 + len(keys2)), 3.8))
     axes = np.atleast_1d(axes)
     ax = axes[0]
@@ -160,7 +160,8 @@ def _figures(data, cfg, out):
         v = d2[key]
         gx, gy = v["grid"]
         ax.pcolormesh(gx, gy, np.asarray(v["density"]).T, shading="auto")
-        ax.set(xlabel="x_0[0]", ylabel="x_0[1]", title=f"7x7 grid: {key}", aspect="equal")
+        title = "target q(x_0)" if key == "q" else f"p(x_0): {key}"
+        ax.set(xlabel="x_0[0]", ylabel="x_0[1]", title=f"7x7 grid, {title}", aspect="equal")
     fig.tight_layout()
     figs.append(save_figure(fig, out.figure("e4_densities")))
     plt.close(fig)
