@@ -89,8 +89,9 @@ class ToyConfig:
     ema_decay: float = 0.99
     warmup_steps: int = 50
     snapshots: tuple = (0.1, 0.3, 1.0)
-    n_eval: int = 2000
-    n_grid: int = 128
+    n_eval: int = 1000
+    n_snapshot: int = 400
+    n_grid: int = 64
     n_latent: int = 8
     progress: bool = True
 
@@ -101,7 +102,7 @@ class ToyConfig:
     @classmethod
     def quick(cls) -> ToyConfig:
         return cls(chains=(1000, 4), n_seeds=1, seed_chains=(), train_steps=30, batch=128,
-                   warmup_steps=5, n_eval=200, n_grid=32, n_latent=4, progress=False,
+                   warmup_steps=5, n_eval=200, n_snapshot=100, n_grid=32, n_latent=4, progress=False,
                    snapshots=(0.5, 1.0))
 
 
@@ -424,8 +425,11 @@ def run(cfg: ToyConfig, out: Outputs) -> ExperimentResult:
         if seed != 0:
             continue
         for step, k in tm.snapshots.items():
-            snap_samples[kind, S, step] = draw_samples(k, chain_of(root, S), min(cfg.n_eval, 1000),
-                                                       300)
+            if step == cfg.train_steps:     # the final EMA weights: reuse the evaluation samples
+                snap_samples[kind, S, step] = samples_for_plot[kind, S, S][:cfg.n_snapshot]
+            else:
+                snap_samples[kind, S, step] = draw_samples(k, chain_of(root, S), cfg.n_snapshot,
+                                                           300)
     # ---- aggregate over seeds
     table = _aggregate(rows)
     data = {"rows": rows, "table": table, "references": refs,
@@ -448,7 +452,7 @@ def run(cfg: ToyConfig, out: Outputs) -> ExperimentResult:
                 _scatter(axes[i, j], snap_samples[kind, S, st].numpy(), mix,
                          f"{LABELS[kind]}\nstep {st}")
             if i == 0:
-                x = draw_samples(ExactKernel(mix, root), chain_of(root, S), min(cfg.n_eval, 1000), 5)
+                x = draw_samples(ExactKernel(mix, root), chain_of(root, S), cfg.n_snapshot, 5)
                 _scatter(axes[0, -1], x.numpy(), mix, f"exact chain\n{S} steps")
             else:
                 axes[i, -1].axis("off")
