@@ -9,6 +9,7 @@ section without losing the others.
 from __future__ import annotations
 
 import json
+import re
 import time
 from pathlib import Path
 
@@ -26,6 +27,12 @@ CLAIMS = {
           "mixture.",
     "C5": "SMD improves DDPM-type models, especially with few backward iterations.",
 }
+
+
+def claim_id(claim: str) -> str:
+    """The paper-claim id a verdict row belongs to ("C3" for "C3 (local error): ..."), else ""."""
+    m = re.match(r"(C\d+)\b", claim)
+    return m.group(1) if m else ""
 
 
 def summary_path(out: Outputs, name: str) -> Path:
@@ -81,11 +88,17 @@ def render(summaries: list[dict], command: str) -> str:
               "experiments named in the last column.", "",
               "| Claim | Verdict | Evidence | Figure | Experiment |", "|---|---|---|---|---|"]
     order = {c: i for i, c in enumerate(CLAIMS)}
-    for v, name in sorted(verdicts, key=lambda vn: (order.get(vn[0].claim, 99), vn[0].claim)):
-        claim = f"**{v.claim}** {CLAIMS[v.claim]}" if v.claim in CLAIMS else f"**{v.claim}**"
+    for v, name in sorted(verdicts, key=lambda vn: (order.get(claim_id(vn[0].claim), 99),
+                                                    vn[0].claim)):
+        cid = claim_id(v.claim)
+        if cid in CLAIMS:
+            rest = v.claim[len(cid):].strip(" :")
+            claim = f"**{cid}** {CLAIMS[cid]}" + (f" *({rest})*" if rest else "")
+        else:
+            claim = f"Lab finding: **{v.claim}**"
         fig = f"[{Path(v.figure).name}]({v.figure})" if v.figure else ""
         lines.append(f"| {_cell(claim)} | {v.status} | {_cell(v.evidence)} | {fig} | {name} |")
-    untested = [c for c in CLAIMS if c not in {v.claim for v, _ in verdicts}]
+    untested = [c for c in CLAIMS if c not in {claim_id(v.claim) for v, _ in verdicts}]
     for c in untested:
         lines.append(f"| **{c}** {_cell(CLAIMS[c])} | not tested | no experiment in this run "
                      "addressed it | | |")
