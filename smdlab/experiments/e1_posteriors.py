@@ -98,9 +98,9 @@ def run(cfg: E1Config, out: Outputs) -> ExperimentResult:
                 ax.plot(xs.numpy(), pq.numpy(), color=color, lw=1.8,
                         label=f"x_t={x_val:.2f}: KL={info['kl']:.2g}")
                 ax.plot(xs.numpy(), pg.numpy(), color=color, lw=1, ls="--")
-            ax.set(xlabel="x_s", ylabel="density",
-                   title=f"{S} steps, jump {t}->{s} (dashed: best Gaussian)")
+            ax.set(xlabel="x_s", ylabel="density", title=f"{S} steps, jump {t}->{s}")
             ax.legend(fontsize=7)
+    fig.suptitle("two modes at +-1: q(x_s | x_t) (solid) and the best single Gaussian (dashed)")
     fig.tight_layout()
     figs.append(save_figure(fig, out.figure("e1_posteriors_1d")))
     plt.close(fig)
@@ -133,6 +133,8 @@ def run(cfg: E1Config, out: Outputs) -> ExperimentResult:
         ax.set(xlabel="x_s[0]", ylabel="x_s[1]", aspect="equal",
                title=f"{S} steps, {t}->{s}: {info['effective_components']:.1f} comps, "
                      f"KL={info['kl']:.2g}")
+    fig.suptitle("7x7 grid, x_t between four modes: q(x_s | x_t) and the best Gaussian's 1- and "
+                 "2-sd ellipses")
     fig.tight_layout()
     figs.append(save_figure(fig, out.figure("e1_posteriors_grid")))
     plt.close(fig)
