@@ -38,7 +38,7 @@ from ..training import TrainConfig, load_checkpoint, train
 from .base import ExperimentResult, Outputs, register, save_result
 
 KINDS = ("ddpm", "ddpm_matched", "smd_jensen", "smd_multisample", "smd_energy")
-LABELS = {"ddpm": "DDPM", "ddpm_matched": "DDPM (capacity-matched)", "smd_jensen": "SMD-jensen",
+LABELS = {"ddpm": "DDPM", "ddpm_matched": "DDPM (matched capacity)", "smd_jensen": "SMD-jensen",
           "smd_multisample": "SMD-multisample", "smd_energy": "SMD-energy",
           "exact": "exact chain", "oracle_ddpm": "oracle DDPM (exact mean)",
           "gaussian-beta_tilde": "best beta-tilde Gaussian (clipped last step)",
@@ -381,7 +381,7 @@ def _scatter(ax, x, mix, title):
     ax.set_xlim(-lim, lim)
     ax.set_ylim(-lim, lim)
     ax.set_aspect("equal")
-    ax.set_title(title, fontsize=8)
+    ax.set_title(title, fontsize=7)
     ax.tick_params(labelsize=6)
 
 
@@ -445,12 +445,12 @@ def run(cfg: ToyConfig, out: Outputs) -> ExperimentResult:
     for S in cfg.chains:
         steps = sorted({st for (k, s, st) in snap_samples if s == S})
         fig, axes = plt.subplots(len(cfg.kinds), len(steps) + 1,
-                                 figsize=(1.9 * (len(steps) + 1), 1.9 * len(cfg.kinds)),
+                                 figsize=(2.4 * (len(steps) + 1), 2.4 * len(cfg.kinds)),
                                  squeeze=False)
         for i, kind in enumerate(cfg.kinds):
             for j, st in enumerate(steps):
                 _scatter(axes[i, j], snap_samples[kind, S, st].numpy(), mix,
-                         f"{LABELS[kind]}\nstep {st}")
+                         f"{LABELS[kind]}, step {st}")
             if i == 0:
                 x = draw_samples(ExactKernel(mix, root), chain_of(root, S), cfg.n_snapshot, 5)
                 _scatter(axes[0, -1], x.numpy(), mix, f"exact chain\n{S} steps")
@@ -462,17 +462,22 @@ def run(cfg: ToyConfig, out: Outputs) -> ExperimentResult:
             ax.set_ylabel("x2")
         fig.suptitle(f"E6: samples during training, trained and sampled on {S} steps "
                      f"(EMA weights; red x = mode centres)", fontsize=9)
+        fig.tight_layout(rect=(0, 0, 1, 0.97))
         figs.append(save_figure(fig, out.figure(f"e6_scatter_S{S}")))
         plt.close(fig)
     if cfg.T in cfg.chains and few:
         fig, axes = plt.subplots(len(few) + 1, len(cfg.kinds), squeeze=False,
-                                 figsize=(1.9 * len(cfg.kinds), 1.9 * (len(few) + 1)))
+                                 figsize=(2.4 * len(cfg.kinds), 2.4 * (len(few) + 1)))
         for j, kind in enumerate(cfg.kinds):
             for i, Sf in enumerate([cfg.T, *few]):
                 _scatter(axes[i, j], samples_for_plot[kind, cfg.T, Sf].numpy(), mix,
-                         f"{LABELS[kind]}\nsampled on {Sf} steps")
+                         f"{LABELS[kind]}, {Sf} steps")
+            axes[-1, j].set_xlabel("x1")
+        for ax in axes[:, 0]:
+            ax.set_ylabel("x2")
         fig.suptitle(f"E6: models trained on {cfg.T} steps, sampled on respaced chains",
                      fontsize=9)
+        fig.tight_layout(rect=(0, 0, 1, 0.96))
         figs.append(save_figure(fig, out.figure("e6_scatter_respaced")))
         plt.close(fig)
     summary, verdicts, headline = _summary(cfg, table, refs, data)

@@ -293,4 +293,19 @@ def _verdicts(rows_by: dict, steps: dict):
                   else "does not hold as stated")
         verdicts.append(Verdict("L2: the multisample and energy objectives make SMD use its latent "
                                 "and go below the Gaussian floor", status, "; ".join(parts), fig))
+    # C4, learned side: does a trained SMD kernel go below every Gaussian kernel (sum M < floor)?
+    below = {tag: [k for k in SMD_KINDS if k in rows and rows[k]["sum_M"] < rows["floor"]["sum_M"]]
+             for tag, rows in rows_by.items()}
+    if rows_by:
+        ev = "; ".join(
+            f"{tag} ({steps[tag]} steps): floor {fmt(rows['floor']['sum_M'])}, "
+            + (", ".join(f"{LABELS[k]} {fmt(rows[k]['sum_M'])}" for k in below[tag])
+               + " below it" if below[tag] else "no trained SMD below it")
+            for tag, rows in rows_by.items())
+        n_below = sum(bool(b) for b in below.values())
+        status = ("holds" if n_below == len(below) else
+                  "holds with qualification" if n_below else "does not hold as stated")
+        verdicts.append(Verdict("C4 (learned side): a trained SMD kernel has less local error than "
+                                "any Gaussian kernel", status, ev + " (sum of M over the chain, nats)",
+                                fig))
     return verdicts, headline
