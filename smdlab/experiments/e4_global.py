@@ -204,7 +204,8 @@ def _summary(data, cfg):
     headline.update({f"{t}_ddpm_kl_S{hi[t]['steps']}": round(hi[t]["kl"], 6) for t in bt})
     headline["bound_holds"] = bool(ok)
     verdict = Verdict(
-        "L1", "holds",
+        "L3: a perfectly trained DDPM has finite global error that grows as the chain gets coarser",
+        "holds",
         "The global error of a perfectly trained DDPM (best beta-tilde Gaussian per step) is finite "
         "for a fixed target and grows as the steps shrink: "
         + "; ".join(f"{t}: {hi[t]['kl']:.3g} nats at {hi[t]['steps']} steps -> {lo[t]['kl']:.3g} at "
