@@ -187,8 +187,8 @@ def build(cfg: ToyConfig, kind: str, chain: NoiseSchedule):
 def _model_fields(cfg: ToyConfig) -> dict:
     """The ToyConfig fields that define a trained model (subclass fields never enter the key)."""
     d = {f.name: getattr(cfg, f.name) for f in fields(ToyConfig)}
-    for k in ("seed", "chains", "kinds", "n_seeds", "seed_chains", "n_eval", "n_grid", "n_latent",
-              "progress"):
+    for k in ("seed", "chains", "kinds", "n_seeds", "seed_chains", "n_eval", "n_snapshot", "n_grid",
+              "n_latent", "progress"):
         d.pop(k)
     return d
 
