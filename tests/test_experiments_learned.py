@@ -73,3 +73,17 @@ def test_latent_spread_is_zero_for_a_frozen_latent_and_true_spread_matches_mixtu
     # at t -> 0 from a low-noise x_t the posterior is one component: no spread
     _, true_low = e7_latent_use.latent_spread(model, mix, root, 5, 0, 64, 8, g)
     assert true_low < 1e-3 < true
+
+
+def test_cache_key_ignores_evaluation_sizes_but_not_model_settings():
+    import dataclasses
+    cfg = e6_toy.ToyConfig.quick()
+    key = e6_toy._run_key(cfg, "ddpm", 4, 0)
+    same = dataclasses.replace(cfg, n_eval=7, n_snapshot=3, n_grid=9, n_latent=2, chains=(4,),
+                               progress=True)
+    assert e6_toy._run_key(same, "ddpm", 4, 0) == key
+    assert e6_toy._run_key(dataclasses.replace(cfg, lr=1e-4), "ddpm", 4, 0) != key
+    assert e6_toy._run_key(cfg, "ddpm", 4, 1) != key
+    # E7's own fields never change the shared models' keys either
+    e7cfg = e7_latent_use.LatentUseConfig.quick()
+    assert e6_toy._run_key(e7cfg, "ddpm", 4, 0) == key
