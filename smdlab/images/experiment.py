@@ -635,7 +635,9 @@ def write_report(result: dict, out: ImageOutputs) -> Path:
           "configuration; `cifar-10-python.tar.gz` from the CIFAR-10 page, extracted);",
           "- several GPUs: `torchrun --nproc_per_node 8 -m smdlab.images --preset cifar10 ...`;",
           "- `scripts/gpu_images.sh`: a Fashion-MNIST comparison sized for ~10 minutes on one "
-          "H200.", ""]
+          "H200 (`OUT=dir DATA_ROOT=idx-folder scripts/gpu_images.sh`); its test runs it end to "
+          "end on the CPU with `PRESET=tiny`. Its sizing for the H200 is an estimate until it "
+          "has been run there.", ""]
     return atomic_write_text(out.report, "\n".join(L))
 
 
