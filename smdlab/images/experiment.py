@@ -363,10 +363,16 @@ def run_images(cfg: ImagesConfig, out: ImageOutputs, info: DistInfo | None = Non
         "seconds": time.perf_counter() - t_start,
     }
     if info.is_main:
-        figures = make_figures(result, out)
+        meta = run_metadata(cfg)
+        # The numbers first, so that a failure while drawing never loses a (GPU) run's results.
+        write_json(out.results / "images.json", {"experiment": "images", **meta, "result": result})
+        try:
+            figures = make_figures(result, out)
+        except ImportError as e:   # e.g. a GPU machine without matplotlib
+            log(f"figures skipped ({e}); the JSON and the report are complete")
+            figures = []
         result["figures"] = [str(f.relative_to(out.root)) for f in figures]
-        payload = {"experiment": "images", **run_metadata(cfg), "result": result}
-        write_json(out.results / "images.json", payload)
+        write_json(out.results / "images.json", {"experiment": "images", **meta, "result": result})
         write_report(result, out)
     return result
 
