@@ -34,7 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default: the repository root)")
     p.add_argument("--seed", type=int, default=None, help="override every experiment's seed")
     p.add_argument("--threads", type=int, default=None,
-                   help="torch threads (default: OMP_NUM_THREADS, else 2)")
+                   help="torch threads (default: OMP_NUM_THREADS, else 1; 2 helps only on an idle machine)")
     p.add_argument("--list", action="store_true", help="list the experiments and exit")
     return p
 
@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--threads must be at least 1")
     if args.seed is not None and args.seed < 0:
         parser.error("--seed must be non-negative")
-    threads = args.threads or int(os.environ.get("OMP_NUM_THREADS", "0") or 0) or 2
+    threads = args.threads or int(os.environ.get("OMP_NUM_THREADS", "0") or 0) or 1
     torch.set_num_threads(threads)
     out = Outputs(args.out) if args.out is not None else Outputs.default()
     try:
