@@ -80,6 +80,9 @@ def render(summaries: list[dict], command: str) -> str:
         f"smdlab {__version__}, commit `{git_commit()}`.",
         "",
     ]
+    lines += ["Each experiment's JSON result under `results/` records its config, seed, package version "
+              "and the commit it ran at. The image experiments (`python -m smdlab.images`) write "
+              "their own report, `REPORT-images.md`.", ""]
     if any(s.get("quick") for s in summaries):
         lines += ["> Some sections come from a `--quick` run: their numbers are smoke-test sized.", ""]
     verdicts = [(Verdict(**v), s["name"]) for s in summaries for v in s.get("verdicts", [])]
@@ -92,7 +95,7 @@ def render(summaries: list[dict], command: str) -> str:
                                                     vn[0].claim)):
         cid = claim_id(v.claim)
         if cid in CLAIMS:
-            rest = v.claim[len(cid):].strip(" :")
+            rest = re.sub(r"^\((.*?)\)\s*:?\s*", r"\1: ", v.claim[len(cid):].strip(" :")).strip(" :")
             claim = f"**{cid}** {CLAIMS[cid]}" + (f" *({rest})*" if rest else "")
         else:
             claim = f"Lab finding: **{v.claim}**"
