@@ -122,7 +122,7 @@ class MixturePosterior:
 
     def _maha(self, xb, xtb, U, aa, inv_e):
         """(n, K) squared Mahalanobis distances of x_s to the means for a block of points."""
-        if aa:
+        if aa and self.D <= PER_DIM_MAX_D:
             return _aligned_maha(xb, self.offset, inv_e, xtb, self.gain)
         z = _project(xb, U, aa) - self.gain * _project(xtb, U, aa) - self.offset
         return (z * z * inv_e).sum(-1)
@@ -205,7 +205,7 @@ def posterior_from_log_alpha_bars(mixture: GaussianMixture, x_t: torch.Tensor, l
     const = q.log().sum(-1) + mixture.D * LOG_2PI - 2 * mixture.weights.log()
 
     def block(xb):
-        if mixture.axis_aligned:
+        if mixture.axis_aligned and mixture.D <= PER_DIM_MAX_D:
             maha = _aligned_maha(xb, c_t, inv_q)
         else:
             d = _project(xb, U, False) - c_t                           # (n, K, D)
@@ -290,6 +290,7 @@ def _project(x, U, axis_aligned, paired=False):
 
 
 BLOCK_ELEMENTS = 1 << 16
+PER_DIM_MAX_D = 8   # axis-aligned mixtures up to this D use the per-dimension in-place updates
 
 
 def _blockwise(fn, *tensors, width: int):
@@ -309,7 +310,8 @@ def _aligned_maha(y, offset, inv_e, w=None, gain=None):
     """sum_d (y_d - gain_kd w_d - offset_kd)^2 inv_e_kd as (n, K), for axis-aligned components.
 
     One (n, K) slice per dimension, updated in place: far fewer passes over memory than forming
-    the (n, K, D) differences (D is small wherever axis-aligned mixtures are used at scale).
+    the (n, K, D) differences when D is small; for larger D the per-dimension Python loop costs
+    more than it saves, so callers use it only up to PER_DIM_MAX_D.
     """
     acc = None
     for d in range(y.shape[1]):
