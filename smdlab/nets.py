@@ -41,7 +41,8 @@ class TimeEmbedding(nn.Module):
         self.mlp = nn.Sequential(nn.Linear(dim, dim), nn.SiLU(), nn.Linear(dim, dim))
 
     def forward(self, t: torch.Tensor) -> torch.Tensor:
-        return self.mlp(timestep_embedding(t.float() * (1000.0 / self.T), self.dim))
+        emb = timestep_embedding(t.float() * (1000.0 / self.T), self.dim)
+        return self.mlp(emb.to(self.mlp[0].weight.dtype))  # float64 networks get float64 input
 
 
 class _ResBlock(nn.Module):

@@ -247,9 +247,10 @@ def train(model: nn.Module, loss_fn: Callable, data, config: TrainConfig, *,
         sched.load_state_dict(ckpt["scheduler"])
         ema.load_state_dict(ckpt["ema"])
         gen.set_state(ckpt["generator"].to(gen.get_state().device))
-        torch.set_rng_state(ckpt["torch_rng"])
+        # RNG states must be CPU byte tensors, whatever map_location moved them to.
+        torch.set_rng_state(ckpt["torch_rng"].cpu())
         if ckpt.get("cuda_rng") is not None and device.type == "cuda":
-            torch.cuda.set_rng_state(ckpt["cuda_rng"], device)
+            torch.cuda.set_rng_state(ckpt["cuda_rng"].cpu(), device)
         if ckpt.get("data") is not None and hasattr(data, "load_state_dict"):
             data.load_state_dict(ckpt["data"])
         log = list(ckpt["log"])
