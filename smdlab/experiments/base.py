@@ -1,6 +1,6 @@
 """What every experiment shares: where outputs go, what a run returns, and the registry.
 
-An experiment is a module with a config dataclass (``default()`` and ``quick()`` constructors) and a
+An experiment is a module with a config dataclass (field defaults, and a ``quick()`` constructor) and a
 ``run(config, out) -> ExperimentResult`` function.  The CLI (``python -m smdlab``), the notebooks and
 the tests all call the same functions.  Each run writes ``results/<name>.json`` (with
 :func:`smdlab.provenance.run_metadata`) and its figures under ``figures/``.
@@ -95,7 +95,9 @@ class Experiment:
     heavy: bool = False   # trains networks (used for ordering and the --quick budget)
 
     def config(self, quick: bool = False, **overrides):
-        cfg = self.config_cls.quick() if quick else self.config_cls.default()
+        # A config's defaults are its field defaults unless it defines default() itself.
+        make_default = getattr(self.config_cls, "default", self.config_cls)
+        cfg = self.config_cls.quick() if quick else make_default()
         return dataclasses.replace(cfg, **overrides) if overrides else cfg
 
 

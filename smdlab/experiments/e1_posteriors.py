@@ -37,10 +37,6 @@ class E1Config:
     n_density: int = 400
 
     @classmethod
-    def default(cls):
-        return cls()
-
-    @classmethod
     def quick(cls):
         return cls(chains_1d=(10, 4), chains_2d=(4,), n_mc=256, n_density=150)
 

@@ -60,10 +60,6 @@ class E2Config:
     n_mc: int = 1
 
     @classmethod
-    def default(cls):
-        return cls()
-
-    @classmethod
     def quick(cls):
         return cls(chains=(10, 4), schedules=("linear",), n_points=256)
 

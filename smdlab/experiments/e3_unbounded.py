@@ -80,10 +80,6 @@ class E3Config:
     n_points_dim: int = 512
 
     @classmethod
-    def default(cls):
-        return cls()
-
-    @classmethod
     def quick(cls):
         return cls(separations=(1.0, 64.0), stds=(0.1, 1e-3), dims=(1, 2, 4),
                    steps=(1000, 10, 2), search_chains=(10, 4), search_separations=(2.0, 32.0),

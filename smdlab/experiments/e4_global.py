@@ -55,10 +55,6 @@ class E4Config:
     n_samples: int = 1000
 
     @classmethod
-    def default(cls):
-        return cls()
-
-    @classmethod
     def quick(cls):
         return cls(steps_1d=(100, 10, 2), steps_2d=(4, 2), kinds_1d=("exact", "beta_tilde"),
                    kinds_2d=("beta_tilde",), n_grid_1d=256, n_grid_2d=48,

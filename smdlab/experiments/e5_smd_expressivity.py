@@ -104,10 +104,6 @@ class E5Config:
     n_points: int = 1024
 
     @classmethod
-    def default(cls):
-        return cls()
-
-    @classmethod
     def quick(cls):
         return cls(steps=4, ratios=(0.5, 1.0, 4.0), latent_counts=(4, 64), n_points=256)
 

@@ -96,10 +96,6 @@ class ToyConfig:
     progress: bool = True
 
     @classmethod
-    def default(cls) -> ToyConfig:
-        return cls()
-
-    @classmethod
     def quick(cls) -> ToyConfig:
         return cls(chains=(1000, 4), n_seeds=1, seed_chains=(), train_steps=30, batch=128,
                    warmup_steps=5, n_eval=200, n_snapshot=100, n_grid=32, n_latent=4, progress=False,
