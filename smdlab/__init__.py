@@ -17,12 +17,21 @@ from .exact import (  # noqa: E402
 )
 from .kernels import BestGaussianKernel, ExactKernel, ReverseKernel  # noqa: E402
 from .mixture import GaussianMixture  # noqa: E402
-from .sampling import StepInfo, ancestral_sample, chain_steps, prior_sample  # noqa: E402
+from .parameterization import posterior_coefficients, root_jump  # noqa: E402
+from .sampling import (  # noqa: E402
+    PointMass,
+    StepInfo,
+    ancestral_sample,
+    chain_steps,
+    ddim_sample,
+    prior_sample,
+)
 from .schedules import NoiseSchedule  # noqa: E402
 
 __all__ = [
     "BEST_GAUSSIAN_KINDS", "BestGaussianKernel", "ExactKernel", "Gaussian", "GaussianMixture",
-    "LatentMixture", "MixturePosterior", "NoiseSchedule", "ReverseKernel", "StepInfo",
-    "ancestral_sample", "best_gaussian", "chain_steps", "expected_eps", "expected_x0", "marginal",
-    "mixture_score", "posterior", "prior_sample", "score",
+    "LatentMixture", "MixturePosterior", "NoiseSchedule", "PointMass", "ReverseKernel", "StepInfo",
+    "ancestral_sample", "best_gaussian", "chain_steps", "ddim_sample", "expected_eps",
+    "expected_x0", "marginal", "mixture_score", "posterior", "posterior_coefficients",
+    "prior_sample", "root_jump", "score",
 ]

@@ -5,31 +5,23 @@ U-Net) and implement the :class:`smdlab.kernels.ReverseKernel` contract, so the 
 error lab treat them exactly like the oracle kernels.  Both are ``nn.Module`` s (train them with
 :func:`smdlab.training.train` and the losses of :mod:`smdlab.objectives`).
 
-Every step t -> s (root steps, any s < t, so any respaced chain works) goes through a clean-point
-prediction x0_hat and the DDPM posterior q(x_s | x_t, x_0 = x0_hat) (SMD.md, "Discrete-time
-diffusion"):
+Every step t -> s (root steps, any kept s < t, so any respaced chain works) goes through the
+clean-point prediction x0_hat = :meth:`denoise` (EDM's D(x_t)) and the DDPM posterior
+q(x_s | x_t, x_0 = x0_hat) = N(c0 x0_hat + ct x_t, sigma^2 I) of
+:func:`smdlab.parameterization.posterior_coefficients` (derivation (6) there); the network's
+output is turned into x0_hat by that module's parameterisations (eps, x0 or v; derivations (2)-(4)).
+The variance sigma^2 is ``"beta_tilde"`` (the posterior's) or ``"beta"`` (the jump's beta).
 
-    mean = c0 x0_hat + ct x_t,
-    c0 = sqrt(abar_s) b / (1 - abar_t),  ct = a (1 - abar_s) / (1 - abar_t),
-    a^2 = abar_t / abar_s,  b = 1 - a^2,
-    variance "beta_tilde" = (1 - abar_s) / (1 - abar_t) b  (the posterior's), or "beta" = b.
-
-beta_tilde is 0 on the last jump (s = 0).  ``final_variance`` says what replaces it:
-  * ``"beta1"`` (default): beta_1 of the root chain, a nearly deterministic last step, as DDPM
-    samplers take it (they return the mean there).  A latent kernel needs this: SMD can only be
-    exact when its variance is below the narrowest component of the true posterior (SMD.md).
+beta_tilde is 0 on the last jump (s = 0).  ``final_variance`` says what replaces it, and the
+samplers of :mod:`smdlab.sampling` sample it like any other jump (one final-jump rule):
+  * ``"beta1"`` (default): beta_1 of the root chain, a nearly deterministic last step (DDPM's
+    reference sampler returns the mean there).  A latent kernel needs a small value: SMD can only
+    be exact when its variance is below the narrowest component of the true posterior (SMD.md).
   * ``"clipped"``: :meth:`NoiseSchedule.kernel_variance`, the improved-DDPM clip to the variance of
     the jump above (the error lab's convention for its best-Gaussian kernels); on a 4-step linear
     chain that is a variance of about 0.4, which blurs whatever the kernel predicts.
-  * a float: that variance (E6-E8 use the data's within-mode variance, the largest final
-    variance under which a latent kernel can still be exact).
-E6-E8 use one rule for every learned kernel and for the oracle DDPM reference (like for like).
-
-Parameterisations (what the network outputs), with x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps:
-  * ``eps``: x0_hat = (x_t - sqrt(1 - abar_t) out) / sqrt(abar_t);
-  * ``x0``:  x0_hat = out;
-  * ``v``:   v = sqrt(abar_t) eps - sqrt(1 - abar_t) x0,
-             so x0_hat = sqrt(abar_t) x_t - sqrt(1 - abar_t) out.
+  * a positive float: that variance (E6-E8 use the data's within-mode variance, the largest final
+    variance under which a latent kernel can still be exact; images may take a tiny one).
 
 The SMD kernel (SMD.md, "Soft mixture denoising") draws eta ~ N(0, I) (shape ``eta_shape``), makes
 z = gen(x_t, eta, t) and evaluates the backbone with z, so the step is the continuous mixture
@@ -46,17 +38,20 @@ import math
 import torch
 from torch import nn
 
+from . import parameterization as P
 from .distributions import Gaussian, LatentMixture
 from .kernels import ReverseKernel
+from .parameterization import PARAMETERIZATIONS, check_root_step
 from .schedules import NoiseSchedule
 
-PARAMETERIZATIONS = ("eps", "x0", "v")
 VARIANCES = ("beta_tilde", "beta")
 FINAL_VARIANCES = ("beta1", "clipped")
 
 
 class _Denoiser(nn.Module, ReverseKernel):
-    """What both learned kernels share: schedule bookkeeping, parameterisations, the step mean."""
+    """What both learned kernels share: schedule bookkeeping, parameterisations, the step."""
+
+    can_denoise = True
 
     def __init__(self, net: nn.Module, schedule: NoiseSchedule, shape, parameterization: str,
                  variance: str, final_variance: str = "beta1"):
@@ -80,61 +75,49 @@ class _Denoiser(nn.Module, ReverseKernel):
         self.D = math.prod(self.shape)
         self.dim = self.shape[0] if len(self.shape) == 1 else self.shape
         self.parameterization, self.variance = parameterization, variance
-        # float64 log abar of the root chain; not saved (it is a function of the schedule).
-        self.register_buffer("_log_ab", schedule.root.log_alpha_bars.clone(), persistent=False)
+        # float64 log abar of the root chain, indexed by root steps; not saved (a function of
+        # the schedule), but moved with the module to its device.
+        self.register_buffer("log_alpha_bars", schedule.root.log_alpha_bars.clone(),
+                             persistent=False)
 
     # ------------------------------------------------------------ schedule helpers (batched)
     def abar(self, t: torch.Tensor) -> torch.Tensor:
         """abar_t for root steps t (N,), float64."""
-        return self._log_ab[t].exp()
+        return self.log_alpha_bars[t].exp()
+
+    def final_jump_variance(self, t: int) -> float:
+        """The variance replacing beta-tilde on the jump t -> 0 (``final_variance``)."""
+        t = check_root_step(self.schedule, t, self.name)
+        if isinstance(self.final_variance, float):
+            return self.final_variance
+        if self.final_variance == "beta1":
+            return -math.expm1(self.schedule.root.log_alpha_bars[1].item())
+        return self.schedule.root.kernel_variance(t, 0, "beta_tilde")
 
     def step_coefficients(self, t: torch.Tensor, s: torch.Tensor):
-        """(c0, ct, variance) of the jumps t -> s, each (N,) float64 (see the module docstring)."""
-        lt, ls = self._log_ab[t], self._log_ab[s]
-        if not (ls > lt).all():
-            raise ValueError("every jump needs s < t")
-        om_t, om_s = -torch.expm1(lt), -torch.expm1(ls)
-        b = -torch.expm1(lt - ls)
-        c0 = (0.5 * ls).exp() * b / om_t
-        ct = (0.5 * (lt - ls)).exp() * om_s / om_t
+        """(c0, ct, variance) of the jumps t -> s (root steps (N,)), each (N,) float64."""
+        c0, ct, beta_tilde, beta = P.posterior_coefficients(self.log_alpha_bars[t],
+                                                            self.log_alpha_bars[s])
         if self.variance == "beta":
-            var = b
-        else:
-            var = om_s / om_t * b
-            if (s == 0).any():
-                var = var.clone()
-                if isinstance(self.final_variance, float):
-                    var[s == 0] = self.final_variance
-                elif self.final_variance == "beta1":
-                    var[s == 0] = -torch.expm1(self._log_ab[1])
-                else:
-                    root = self.schedule.root
-                    for tt in torch.unique(t[s == 0]).tolist():
-                        var[(s == 0) & (t == tt)] = root.kernel_variance(int(tt), 0, "beta_tilde")
+            return c0, ct, beta
+        var = beta_tilde
+        if (s == 0).any():
+            var = var.clone()
+            for tt in torch.unique(t[s == 0]).tolist():
+                var[(s == 0) & (t == tt)] = self.final_jump_variance(int(tt))
         return c0, ct, var
 
     def x0_from_output(self, out: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor):
         """x0_hat from the network output (any shape (N, ...)); computed in out's dtype."""
-        ab = self.abar(t).to(out.dtype).reshape(-1, *([1] * (out.ndim - 1)))
-        if self.parameterization == "x0":
-            return out
-        if self.parameterization == "eps":
-            return (x_t.to(out.dtype) - (1 - ab).sqrt() * out) / ab.sqrt()
-        return ab.sqrt() * x_t.to(out.dtype) - (1 - ab).sqrt() * out
+        return P.to_x0(self.parameterization, out, x_t, self.log_alpha_bars[t])
 
     def regression_target(self, x0: torch.Tensor, eps: torch.Tensor, t: torch.Tensor):
         """What the network should output for x_t = sqrt(abar) x0 + sqrt(1 - abar) eps."""
-        if self.parameterization == "eps":
-            return eps
-        if self.parameterization == "x0":
-            return x0
-        ab = self.abar(t).to(x0.dtype).reshape(-1, *([1] * (x0.ndim - 1)))
-        return ab.sqrt() * eps - (1 - ab).sqrt() * x0
+        return P.target(self.parameterization, x0, eps, self.log_alpha_bars[t])
 
     def diffuse(self, x0: torch.Tensor, eps: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        """x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps."""
-        ab = self.abar(t).to(x0.dtype).reshape(-1, *([1] * (x0.ndim - 1)))
-        return ab.sqrt() * x0 + (1 - ab).sqrt() * eps
+        """x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps for root steps t (N,)."""
+        return P.diffuse(x0, eps, self.log_alpha_bars[t])
 
     # ------------------------------------------------------------ kernel contract
     def _anchor(self) -> torch.Tensor:
@@ -143,28 +126,49 @@ class _Denoiser(nn.Module, ReverseKernel):
             return p
         for b in self.net.buffers():
             return b
-        return self._log_ab.float()
+        return self.log_alpha_bars.float()
 
-    def _prepare(self, x_t: torch.Tensor, t: int, s: int):
-        self._log_alpha_bars(t, s)       # validates 0 <= s < t <= T
+    def _output(self, x: torch.Tensor, tv: torch.Tensor, eta, generator) -> torch.Tensor:
+        """The network output for x (N, *shape) in the network's dtype at root steps tv (N,)."""
+        raise NotImplementedError
+
+    def denoise(self, x_t: torch.Tensor, t: int, eta: torch.Tensor | None = None,
+                generator: torch.Generator | None = None) -> torch.Tensor:
+        """x0_hat = D(x_t) for x_t (N, D) or (N, *shape) at root step t >= 1: x_t's shape, float64.
+
+        An SMD kernel uses the latent noise ``eta`` (N, *eta_shape) when given, else draws one per
+        point from ``generator`` (or uses its frozen eta); the Gaussian kernel ignores eta.
+        """
+        t = check_root_step(self.schedule, t, self.name)
+        if t == 0:
+            raise ValueError(f"{self.name}: denoise needs a root step t >= 1; got t=0")
         N = x_t.shape[0]
         x = x_t.reshape(N, *self.shape)
         p = self._anchor()
-        tv = torch.full((N,), int(t), dtype=torch.long, device=p.device)
-        sv = torch.full((N,), int(s), dtype=torch.long, device=p.device)
-        return x, tv, sv, p.dtype
-
-    def _mean(self, out, x, tv, sv):
-        """Step mean (N, D) in float64 from the network output (x in float64)."""
+        tv = torch.full((N,), t, dtype=torch.long, device=p.device)
+        out = self._output(x.to(p.dtype), tv, eta, generator)
         x64 = x.to(torch.float64)
-        x0 = self.x0_from_output(out.to(torch.float64), x64, tv)
-        c0, ct, var = self.step_coefficients(tv, sv)
-        return (c0[:, None] * x0.flatten(1) + ct[:, None] * x64.flatten(1)), var
+        return self.x0_from_output(out.to(torch.float64), x64, tv).reshape(x_t.shape)
 
-    def sample(self, x_t, t, s, generator=None):
-        """One reverse step; keeps x_t's shape ((N, D) or (N, *shape)) and dtype."""
-        x_s = self.distribution(x_t, t, s, generator=generator, n_latent=1).sample(generator)
-        return x_s.reshape(x_t.shape).to(x_t.dtype)
+    def _step_mean(self, x_t: torch.Tensor, x0: torch.Tensor, t: int, s: int):
+        """(mean (N, D), variance (N,)) of q(x_s | x_t, x0_hat = x0), float64, flattened data."""
+        tv = torch.full((x_t.shape[0],), t, dtype=torch.long, device=self.log_alpha_bars.device)
+        c0, ct, var = self.step_coefficients(tv, torch.full_like(tv, s))
+        x64 = x_t.to(torch.float64).flatten(1)
+        return c0[:, None].to(x64) * x0.flatten(1) + ct[:, None].to(x64) * x64, var.to(x64)
+
+    @torch.no_grad()
+    def step(self, x_t, t, s, generator=None, x0_hook=None):
+        """(step distribution, x0_hat) for one latent draw; ``x0_hook`` maps x0_hat (x_t's shape)
+        before the step (e.g. clipping images to [-1, 1])."""
+        t, s, _, _ = self.jump(t, s)
+        x0 = self.denoise(x_t, t, generator=generator)
+        if x0_hook is not None:
+            x0 = x0_hook(x0)
+        return self._distribution_of(*self._step_mean(x_t, x0, t, s)), x0
+
+    def _distribution_of(self, mean, var):
+        raise NotImplementedError
 
 
 class GaussianDenoiser(_Denoiser):
@@ -191,11 +195,15 @@ class GaussianDenoiser(_Denoiser):
         """The network output for x_t (N, *shape) at root steps t (N,); eta is ignored."""
         return self.net(x_t, t)
 
+    def _output(self, x, tv, eta, generator):
+        return self.net(x, tv)
+
+    def _distribution_of(self, mean, var) -> Gaussian:
+        return Gaussian(mean, variance=var)
+
     @torch.no_grad()
     def distribution(self, x_t, t, s, generator=None, n_latent=None) -> Gaussian:
-        x, tv, sv, dt = self._prepare(x_t, t, s)
-        mean, var = self._mean(self.net(x.to(dt), tv), x, tv, sv)
-        return Gaussian(mean, variance=var)
+        return self.step(x_t, t, s, generator)[0]
 
 
 class SMDDenoiser(_Denoiser):
@@ -244,6 +252,15 @@ class SMDDenoiser(_Denoiser):
         """Network output for x_t (N, *shape), root steps t (N,), latent noise eta (N, *eta)."""
         return self.net(x_t, t, self.gen(x_t, eta, t))
 
+    def _output(self, x, tv, eta, generator):
+        if eta is None:
+            eta = self.draw_eta(x.shape[0], generator, dtype=x.dtype, device=x.device)
+        return self.net(x, tv, self.gen(x, eta.to(x.dtype), tv))
+
+    def _distribution_of(self, mean, var) -> LatentMixture:
+        N = mean.shape[0]
+        return LatentMixture(mean.reshape(N, -1, self.D), var.reshape(N, -1)[:, 0])
+
     @torch.no_grad()
     def distribution(self, x_t, t, s, generator=None, n_latent=None) -> LatentMixture:
         """The step seen through L = n_latent latent draws: an equally weighted mixture of L
@@ -251,11 +268,9 @@ class SMDDenoiser(_Denoiser):
         L = self.n_latent if n_latent is None else int(n_latent)
         if L < 1:
             raise ValueError(f"n_latent must be >= 1; got {L}")
-        x, tv, sv, dt = self._prepare(x_t, t, s)
-        N = x.shape[0]
-        xr = x.repeat_interleave(L, 0)
-        tr, sr = tv.repeat_interleave(L, 0), sv.repeat_interleave(L, 0)
-        eta = self.draw_eta(N * L, generator, dtype=dt, device=tv.device)
-        out = self.net(xr.to(dt), tr, self.gen(xr.to(dt), eta, tr))
-        mean, var = self._mean(out, xr, tr, sr)
+        t, s, _, _ = self.jump(t, s)
+        xr = x_t.repeat_interleave(L, 0)
+        x0 = self.denoise(xr, t, generator=generator)        # one fresh eta per (point, draw)
+        mean, var = self._step_mean(xr, x0, t, s)
+        N = x_t.shape[0]
         return LatentMixture(mean.reshape(N, L, self.D), var.reshape(N, L)[:, 0])

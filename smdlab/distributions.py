@@ -2,7 +2,8 @@
 covariances: a batch of Gaussians (what a DDPM kernel is) and an equally weighted mixture over
 latent draws (what an SMD kernel is, estimated with L latent samples).
 
-Every step distribution in smdlab offers ``log_prob(x) -> (N,)`` and ``sample(generator) -> (N, D)``;
+Every step distribution in smdlab offers ``log_prob(x) -> (N,)``, ``sample(generator) -> (N, D)``
+and ``mean() -> (N, D)``;
 the exact posterior (:class:`smdlab.exact.MixturePosterior`) follows the same contract.
 """
 
@@ -19,7 +20,7 @@ class Gaussian:
     """A batch of N Gaussians in D dimensions.
 
     Args:
-        mean: (N, D).
+        mean: (N, D), kept as ``loc`` (``mean()`` returns it).
         covariance: (N, D, D) or (D, D) full covariance; or
         variance: isotropic variance, a float or an (N,) tensor.
     """
@@ -30,7 +31,7 @@ class Gaussian:
             raise ValueError(f"mean must be (N, D); got shape {tuple(mean.shape)}")
         if (covariance is None) == (variance is None):
             raise ValueError("give exactly one of covariance (full) or variance (isotropic)")
-        self.mean = mean
+        self.loc = mean
         N, D = mean.shape
         self.D = D
         if covariance is not None:
@@ -47,6 +48,10 @@ class Gaussian:
             self.variance = var.expand(N) if var.ndim == 0 else var.reshape(N)
             self.covariance = None
 
+    def mean(self) -> torch.Tensor:
+        """(N, D) means (a method, as on every step distribution; the tensor is ``loc``)."""
+        return self.loc
+
     @property
     def isotropic(self) -> bool:
         return self.variance is not None
@@ -58,12 +63,12 @@ class Gaussian:
                 # A moment-matched covariance can be numerically singular at tiny steps; jitter it.
                 eps = 1e-12 * torch.diagonal(self.covariance, dim1=-2, dim2=-1).mean(-1).clamp_min(1e-300)
                 L = torch.linalg.cholesky(self.covariance + eps[:, None, None] * torch.eye(
-                    self.D, dtype=self.mean.dtype, device=self.mean.device))
+                    self.D, dtype=self.loc.dtype, device=self.loc.device))
             self._chol = L
         return self._chol
 
     def log_prob(self, x: torch.Tensor) -> torch.Tensor:
-        d = x - self.mean
+        d = x - self.loc
         if self.isotropic:
             v = self.variance
             return -0.5 * ((d * d).sum(-1) / v + self.D * (LOG_2PI + v.log()))
@@ -73,11 +78,11 @@ class Gaussian:
         return -0.5 * ((z * z).sum(-1) + logdet + self.D * LOG_2PI)
 
     def sample(self, generator: torch.Generator | None = None) -> torch.Tensor:
-        eps = torch.randn(self.mean.shape, dtype=self.mean.dtype, device=self.mean.device,
+        eps = torch.randn(self.loc.shape, dtype=self.loc.dtype, device=self.loc.device,
                           generator=generator)
         if self.isotropic:
-            return self.mean + self.variance.sqrt()[:, None] * eps
-        return self.mean + (self.chol() @ eps[..., None])[..., 0]
+            return self.loc + self.variance.sqrt()[:, None] * eps
+        return self.loc + (self.chol() @ eps[..., None])[..., 0]
 
     def entropy(self) -> torch.Tensor:
         if self.isotropic:
@@ -93,7 +98,7 @@ class Gaussian:
         full matrix).  With KL(q || p) = cross_entropy - H(q), this is how the local error of any
         Gaussian kernel is computed.
         """
-        d = q_mean - self.mean
+        d = q_mean - self.loc
         if self.isotropic:
             tr = q_trace if q_trace is not None else torch.diagonal(q_cov, dim1=-2, dim2=-1).sum(-1)
             v = self.variance

@@ -24,25 +24,28 @@ import torch
 
 from .distributions import LOG_2PI, Gaussian
 from .mixture import GaussianMixture
+from .parameterization import check_root_step, eps_from_score, root_jump
 from .schedules import NoiseSchedule
 
 BEST_GAUSSIAN_KINDS = ("moment", "isotropic", "beta_tilde", "beta")
 
 
 def marginal(mixture: GaussianMixture, schedule: NoiseSchedule, t: int) -> GaussianMixture:
-    """q(x_t) as a GaussianMixture (t in the schedule's own indexing; t = 0 gives the target)."""
-    t = _check_step(schedule, t)
-    ab = schedule.alpha_bars[t].item()
-    omab = schedule.one_minus_alpha_bars[t].item()
-    return _diffused(mixture, ab, omab)
+    """q(x_t) as a GaussianMixture; t is a ROOT step (a kept step of ``schedule``; 0 gives the
+    target)."""
+    t = check_root_step(schedule, t, "marginal")
+    return diffused_mixture(mixture, schedule.root.log_alpha_bars[t].item())
 
 
-def _diffused(mixture: GaussianMixture, ab: float, omab: float) -> GaussianMixture:
+def diffused_mixture(mixture: GaussianMixture, log_ab: float, extra: float = 0.0) -> GaussianMixture:
+    """q(x_t) for log abar_t = ``log_ab``: every component N(sqrt(abar) m_k, abar C_k + (1 - abar) I),
+    with ``extra`` added to the isotropic part (an importance proposal's widening)."""
+    ab, add = math.exp(log_ab), -math.expm1(log_ab) + extra
     cov = ab * mixture.compact_covariances()
     if mixture.kind == "full":
-        cov = cov + omab * torch.eye(mixture.D, dtype=mixture.dtype, device=mixture.device)
+        cov = cov + add * torch.eye(mixture.D, dtype=mixture.dtype, device=mixture.device)
     else:
-        cov = cov + omab
+        cov = cov + add
     return GaussianMixture(mixture.weights, math.sqrt(ab) * mixture.means, cov,
                            dtype=mixture.dtype, device=mixture.device)
 
@@ -175,15 +178,12 @@ def posterior(mixture: GaussianMixture, schedule: NoiseSchedule, x_t: torch.Tens
               s: int | None = None) -> MixturePosterior:
     """The exact reverse transition q(x_s | x_t) for a batch x_t (N, D).
 
-    t and s are steps of ``schedule`` in its own indexing, 0 <= s < t <= T; s defaults to t - 1.
-    ``s = 0`` gives q(x_0 | x_t).
+    t and s are ROOT steps (indices into ``schedule.root``, as everywhere in smdlab), kept steps
+    of ``schedule``, 0 <= s < t <= T; s defaults to the kept step below t (t - 1 on a root
+    schedule).  ``s = 0`` gives q(x_0 | x_t).
     """
-    t = _check_step(schedule, t)
-    s = t - 1 if s is None else _check_step(schedule, s)
-    if not s < t:
-        raise ValueError(f"need s < t; got t={t}, s={s}")
-    return posterior_from_log_alpha_bars(mixture, x_t, schedule.log_alpha_bars[t].item(),
-                                         schedule.log_alpha_bars[s].item())
+    t, s, lt, ls = root_jump(schedule, t, s, "posterior")
+    return posterior_from_log_alpha_bars(mixture, x_t, lt, ls)
 
 
 def posterior_from_log_alpha_bars(mixture: GaussianMixture, x_t: torch.Tensor, log_ab_t: float,
@@ -236,14 +236,14 @@ def mixture_score(mixture: GaussianMixture, x: torch.Tensor) -> torch.Tensor:
 
 
 def expected_x0(mixture: GaussianMixture, schedule: NoiseSchedule, x_t: torch.Tensor, t: int):
-    """E[x_0 | x_t] (the mean of q(x_0 | x_t)): (N, D)."""
+    """E[x_0 | x_t] (the mean of q(x_0 | x_t)): (N, D); t a ROOT step."""
     return posterior(mixture, schedule, x_t, t, 0).mean()
 
 
 def expected_eps(mixture: GaussianMixture, schedule: NoiseSchedule, x_t: torch.Tensor, t: int):
     """E[eps | x_t] = (x_t - sqrt(abar_t) E[x_0 | x_t]) / sqrt(1 - abar_t) = -sqrt(1 - abar_t) score."""
-    t = _check_step(schedule, t)
-    return -math.sqrt(schedule.one_minus_alpha_bars[t].item()) * score(mixture, schedule, x_t, t)
+    t = check_root_step(schedule, t, "expected_eps")
+    return eps_from_score(score(mixture, schedule, x_t, t), schedule.root.log_alpha_bars[t].item())
 
 
 def best_gaussian(mixture: GaussianMixture, schedule: NoiseSchedule, x_t: torch.Tensor, t: int,
@@ -257,14 +257,15 @@ def best_gaussian(mixture: GaussianMixture, schedule: NoiseSchedule, x_t: torch.
         variance; clipped on the final jump to 0, see ``NoiseSchedule.kernel_variance``);
       * ``"beta"``: the mixture mean with variance 1 - abar_t / abar_s.
     """
-    t = _check_step(schedule, t)
-    s = t - 1 if s is None else _check_step(schedule, s)
-    return best_gaussian_of(posterior(mixture, schedule, x_t, t, s), schedule, t, s, kind)
+    t, s, lt, ls = root_jump(schedule, t, s, "best_gaussian")
+    post = posterior_from_log_alpha_bars(mixture, x_t, lt, ls)
+    return best_gaussian_of(post, schedule.root, t, s, kind)
 
 
 def best_gaussian_of(post: MixturePosterior, schedule: NoiseSchedule, t: int, s: int,
                      kind: str) -> Gaussian:
-    """The best single Gaussian of an already computed posterior (see :func:`best_gaussian`)."""
+    """The best single Gaussian of an already computed posterior (see :func:`best_gaussian`);
+    t, s are steps of ``schedule`` (pass the root schedule with root steps)."""
     if kind == "moment":
         return Gaussian(post.mean(), covariance=post.covariance())
     if kind == "isotropic":
@@ -331,11 +332,6 @@ def _rotate_back(v, U, axis_aligned):
     return torch.einsum("kij,nkj->nki", U, v)
 
 
-def _check_step(schedule: NoiseSchedule, t) -> int:
-    t = int(t)
-    if not 0 <= t <= schedule.T:
-        raise ValueError(f"step {t} is outside 0..T={schedule.T} of {schedule.name}")
-    return t
 
 
 def _check_points(mixture: GaussianMixture, x) -> torch.Tensor:

@@ -124,14 +124,14 @@ def push_density(dist, mass: torch.Tensor, axes: list[torch.Tensor],
     if isinstance(dist, Gaussian):
         if dist.isotropic:
             var = dist.variance[:, None].expand(-1, D)
-            return _push_axis_aligned(axes, mass, dist.mean, var)
+            return _push_axis_aligned(axes, mass, dist.mean(), var)
         cov = dist.covariance
         if D == 1:
-            return _push_axis_aligned(axes, mass, dist.mean, cov[:, :, 0])
+            return _push_axis_aligned(axes, mass, dist.mean(), cov[:, :, 0])
         off = cov[:, 0, 1].abs().amax()
         if off <= 1e-12 * torch.diagonal(cov, dim1=-2, dim2=-1).amax():
-            return _push_axis_aligned(axes, mass, dist.mean, torch.diagonal(cov, dim1=-2, dim2=-1))
-        return _push_full(axes, mass, dist.mean, cov)
+            return _push_axis_aligned(axes, mass, dist.mean(), torch.diagonal(cov, dim1=-2, dim2=-1))
+        return _push_full(axes, mass, dist.mean(), cov)
     if isinstance(dist, LatentMixture):
         N, L, _ = dist.means.shape
         m = (mass[:, None] / L).expand(N, L).reshape(-1)
@@ -160,7 +160,7 @@ def _kernel_box(dist, width: float) -> tuple[np.ndarray, np.ndarray]:
     """Per-axis (lo, hi) of the kernel means +- width kernel standard deviations (where the pushed
     mass can land), so that a model wider than the target loses no mass to the box."""
     if isinstance(dist, Gaussian):
-        mu = dist.mean
+        mu = dist.mean()
         var = dist.variance if dist.isotropic else torch.diagonal(dist.covariance, dim1=-2,
                                                                    dim2=-1).amax(-1)
     elif isinstance(dist, LatentMixture):

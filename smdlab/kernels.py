@@ -1,20 +1,33 @@
 """The reverse-kernel interface, and the oracle kernels of a Gaussian-mixture target.
 
-A reverse kernel is p(x_s | x_t) for any pair of steps s < t of its schedule's *root* chain.
-Samplers hand it root-step indices (a respaced chain translates its steps through
-``NoiseSchedule.original_steps``), so a network trained on the T-step indices always sees the
-index it was trained on, whichever sub-chain it is sampled on.
+A reverse kernel is p(x_s | x_t) for any pair of kept steps s < t of its schedule.
 
-Contract (what every kernel, oracle or learned, provides):
-  * ``schedule``: the NoiseSchedule whose root indexes t and s;
-  * ``dim``: the data dimension D (or an image shape for image kernels);
-  * ``sample(x_t, t, s, generator=None) -> x_s``: one reverse step for a batch x_t (N, D);
-  * ``distribution(x_t, t, s, generator=None, n_latent=None)``: the step distribution, an object
-    with ``log_prob(x_s) -> (N,)`` and ``sample(generator) -> (N, D)``: a
+Step indices.  Every step in smdlab is a ROOT step: an index into ``schedule.root`` (the chain a
+network is trained on), whatever sub-chain is being sampled.  A respaced schedule only says which
+root steps are kept (``NoiseSchedule.original_steps``).  A kernel on a respaced schedule asked for a
+jump between steps it does not keep is an error (:func:`smdlab.parameterization.root_jump`), so a
+coarse chain's own index 5 can never be taken for root step 5.
+
+Contract (what every kernel, oracle or learned, provides; tests/test_kernel_contract.py checks it):
+  * ``schedule``: the NoiseSchedule whose kept steps t and s must be; ``dim``: the data dimension
+    D (an int) or the data shape of image kernels; ``name``; ``is_gaussian``: True when
+    ``distribution`` is a Gaussian (its local error is then closed form);
+  * ``distribution(x_t, t, s, generator=None, n_latent=None)``: the step distribution of a batch
+    x_t (N, D) (or (N, *shape)), an object with ``log_prob(x_s) -> (N,)``, ``sample(generator) ->
+    (N, D)`` and ``mean() -> (N, D)`` over the flattened data: a
     :class:`~smdlab.distributions.Gaussian` for Gaussian kernels, a
     :class:`~smdlab.exact.MixturePosterior` for the exact kernel, a
-    :class:`~smdlab.distributions.LatentMixture` (over ``n_latent`` latent draws) for latent kernels.
-  * ``is_gaussian``: True when ``distribution`` is a Gaussian (its local error is then closed form).
+    :class:`~smdlab.distributions.LatentMixture` (over ``n_latent`` latent draws) for latent kernels;
+  * ``step(x_t, t, s, generator=None, x0_hook=None) -> (distribution, x0_hat)``: what a sampler
+    takes, the step distribution for one latent draw and the clean-point prediction it went through
+    (None for kernels that do not step through one; ``x0_hook`` is then refused);
+  * ``sample(x_t, t, s, generator=None) -> x_s``: one draw of ``step``'s distribution, x_t's shape
+    and dtype;
+  * ``denoise(x_t, t, eta=None, generator=None) -> x0_hat`` (x_t's shape, float64), where
+    ``can_denoise``: the clean-point prediction D(x_t) (E[x_0 | x_t] for the oracles), what DDIM
+    needs;
+  * ``final_jump_variance(t)``: the variance the kernel uses on the jump t -> 0 (see the samplers'
+    final-jump rule in :mod:`smdlab.sampling`).
 """
 
 from __future__ import annotations
@@ -25,6 +38,7 @@ import torch
 
 from .exact import BEST_GAUSSIAN_KINDS, best_gaussian_of, posterior_from_log_alpha_bars
 from .mixture import GaussianMixture
+from .parameterization import check_root_step, root_jump
 from .schedules import NoiseSchedule
 
 
@@ -33,6 +47,7 @@ class ReverseKernel(ABC):
 
     schedule: NoiseSchedule
     is_gaussian: bool = False
+    can_denoise: bool = False
     name: str = "kernel"
 
     @abstractmethod
@@ -40,33 +55,72 @@ class ReverseKernel(ABC):
                      generator: torch.Generator | None = None, n_latent: int | None = None):
         """The distribution of x_s given x_t (N, D) for root steps s < t."""
 
+    def step(self, x_t: torch.Tensor, t: int, s: int, generator: torch.Generator | None = None,
+             x0_hook=None):
+        """(step distribution, x0_hat) of one reverse step; this default has no x0_hat."""
+        if x0_hook is not None:
+            raise ValueError(f"{self.name}: x0_hook needs a kernel that steps through a clean-point "
+                             f"prediction (a learned denoiser); this one samples its step directly")
+        return self.distribution(x_t, t, s, generator=generator, n_latent=1), None
+
     def sample(self, x_t: torch.Tensor, t: int, s: int,
                generator: torch.Generator | None = None) -> torch.Tensor:
-        """One reverse step x_t -> x_s."""
-        return self.distribution(x_t, t, s, generator=generator, n_latent=1).sample(generator)
+        """One reverse step x_t -> x_s (x_t's shape and dtype)."""
+        dist, _ = self.step(x_t, t, s, generator)
+        return dist.sample(generator).reshape(x_t.shape).to(x_t.dtype)
+
+    def denoise(self, x_t: torch.Tensor, t: int, eta=None,
+                generator: torch.Generator | None = None) -> torch.Tensor:
+        """x0_hat = D(x_t) at root step t (x_t's shape, float64)."""
+        raise NotImplementedError(f"{self.name} has no clean-point prediction (can_denoise is False)")
+
+    def final_jump_variance(self, t: int) -> float:
+        """The variance of the jump t -> 0 under the beta-tilde rule: the lab's clipped one
+        (:meth:`NoiseSchedule.kernel_variance`); learned denoisers override it."""
+        t = check_root_step(self.schedule, t, self.name)
+        return self.schedule.root.kernel_variance(t, 0, "beta_tilde")
+
+    def jump(self, t: int, s: int) -> tuple[int, int, float, float]:
+        """(t, s, log abar_t, log abar_s) of a jump between kept ROOT steps (else ValueError)."""
+        return root_jump(self.schedule, t, s, self.name)
 
     def _log_alpha_bars(self, t: int, s: int) -> tuple[float, float]:
-        root = self.schedule.root
-        t, s = int(t), int(s)
-        if not 0 <= s < t <= root.T:
-            raise ValueError(f"{self.name}: need 0 <= s < t <= T={root.T} (root steps); got t={t}, s={s}")
-        return root.log_alpha_bars[t].item(), root.log_alpha_bars[s].item()
+        _, _, lt, ls = self.jump(t, s)
+        return lt, ls
 
 
-class ExactKernel(ReverseKernel):
-    """The exact reverse transition q(x_s | x_t) of a mixture target: zero local error."""
+class _MixtureOracle(ReverseKernel):
+    """What the oracle kernels of a mixture share: the target and E[x_0 | x_t]."""
+
+    can_denoise = True
 
     def __init__(self, mixture: GaussianMixture, schedule: NoiseSchedule):
         self.mixture, self.schedule = mixture, schedule
         self.dim = mixture.D
+
+    def denoise(self, x_t, t, eta=None, generator=None):
+        """E[x_0 | x_t] of the target (the Bayes-optimal clean-point prediction); eta is ignored."""
+        t = check_root_step(self.schedule, t, self.name)
+        if t == 0:
+            raise ValueError(f"{self.name}: denoise needs a root step t >= 1; got t=0")
+        x = x_t.reshape(x_t.shape[0], -1).to(self.mixture.dtype)
+        lt = self.schedule.root.log_alpha_bars[t].item()
+        return posterior_from_log_alpha_bars(self.mixture, x, lt, 0.0).mean().reshape(x_t.shape)
+
+
+class ExactKernel(_MixtureOracle):
+    """The exact reverse transition q(x_s | x_t) of a mixture target: zero local error."""
+
+    def __init__(self, mixture: GaussianMixture, schedule: NoiseSchedule):
+        super().__init__(mixture, schedule)
         self.name = "exact"
 
     def distribution(self, x_t, t, s, generator=None, n_latent=None):
-        lt, ls = self._log_alpha_bars(t, s)
+        _, _, lt, ls = self.jump(t, s)
         return posterior_from_log_alpha_bars(self.mixture, x_t, lt, ls)
 
 
-class BestGaussianKernel(ReverseKernel):
+class BestGaussianKernel(_MixtureOracle):
     """The best single Gaussian for each step (see :func:`smdlab.exact.best_gaussian`).
 
     With ``kind="beta_tilde"`` or ``"beta"`` this is exactly what a perfectly trained DDPM with that
@@ -78,11 +132,11 @@ class BestGaussianKernel(ReverseKernel):
     def __init__(self, mixture: GaussianMixture, schedule: NoiseSchedule, kind: str = "moment"):
         if kind not in BEST_GAUSSIAN_KINDS:
             raise ValueError(f"unknown best-Gaussian kind {kind!r}; choose one of {BEST_GAUSSIAN_KINDS}")
-        self.mixture, self.schedule, self.kind = mixture, schedule, kind
-        self.dim = mixture.D
+        super().__init__(mixture, schedule)
+        self.kind = kind
         self.name = f"gaussian-{kind}"
 
     def distribution(self, x_t, t, s, generator=None, n_latent=None):
-        lt, ls = self._log_alpha_bars(t, s)
+        t, s, lt, ls = self.jump(t, s)
         post = posterior_from_log_alpha_bars(self.mixture, x_t, lt, ls)
-        return best_gaussian_of(post, self.schedule.root, int(t), int(s), self.kind)
+        return best_gaussian_of(post, self.schedule.root, t, s, self.kind)

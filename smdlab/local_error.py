@@ -205,11 +205,8 @@ def _widened(mixture: GaussianMixture, ab: float, om: float):
 
 
 def _check_jump(kernel: ReverseKernel, t: int, s: int) -> tuple[int, int, float, float]:
-    root = kernel.schedule.root
-    t, s = int(t), int(s)
-    if not 0 <= s < t <= root.T:
-        raise ValueError(f"need root steps 0 <= s < t <= T={root.T}; got t={t}, s={s}")
-    return t, s, root.log_alpha_bars[t].item(), root.log_alpha_bars[s].item()
+    # Root steps that must be kept steps of the kernel's schedule (the one convention, kernels.py).
+    return kernel.jump(t, s)
 
 
 def _check_sizes(n_points: int, n_mc: int, n_latent: int | None):
@@ -463,10 +460,13 @@ class StepScorer:
     At each jump t -> s it records, averaged over the chain's own states x_t (which follow the
     MODEL's marginal, not q's):
       * ``nll_t``: mean -log q(x_t) under the true marginal at t (how far the chain has drifted),
-      * ``mean_gap``: mean ||E_p[x_s | x_t] - E_q[x_s | x_t]|| when the kernel's distribution has
-        a mean (zero for every best-Gaussian kernel: their means are exact),
+      * ``mean_gap``: mean ||E_p[x_s | x_t] - E_q[x_s | x_t]|| of the step distribution the sampler
+        drew from (zero for every best-Gaussian kernel: their means are exact; for a latent kernel
+        it is the mean of the one latent draw the sampler took),
       * ``kl_t`` (and ``kl_t_se``): mean KL(q(x_s | x_t) || p(x_s | x_t)) at the chain's states
         (the control-variate estimator of this module with ``n_mc`` draws; Gaussian kernels).
+    The step distribution comes with the callback's info, so the kernel (a network) is not
+    evaluated a second time.
     """
 
     def __init__(self, mixture: GaussianMixture, n_mc: int = 8,
@@ -480,12 +480,11 @@ class StepScorer:
         q_t = marginal(self.mixture, root, info.t)
         x_t = info.x_t.reshape(info.x_t.shape[0], -1).to(self.mixture.dtype)
         post = posterior_from_log_alpha_bars(self.mixture, x_t, lt, ls)
-        dist = info.kernel.distribution(x_t, info.t, info.s, generator=self.generator)
+        dist = info.distribution
         row = {"index": info.index, "t": info.t, "s": info.s,
                "nll_t": -q_t.log_prob(x_t).mean().item()}
         if hasattr(dist, "mean"):
-            mu = dist.mean() if callable(dist.mean) else dist.mean
-            row["mean_gap"] = (mu - post.mean()).norm(dim=-1).mean().item()
+            row["mean_gap"] = (dist.mean().to(post.x_t) - post.mean()).norm(dim=-1).mean().item()
         if isinstance(dist, Gaussian):
             row["kl_t"], row["kl_t_se"] = _kl_at_points(post, dist, self.n_mc, self.generator)
         self.rows.append(row)

@@ -14,6 +14,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from . import parameterization as P
 from .conditioning import make_conditioning
 
 
@@ -173,8 +174,9 @@ class OracleNet(nn.Module):
 
     def __init__(self, mixture, schedule, parameterization: str = "eps"):
         super().__init__()
-        if parameterization not in ("eps", "x0", "v"):
-            raise ValueError(f"unknown parameterization {parameterization!r}")
+        if parameterization not in P.PARAMETERIZATIONS:
+            raise ValueError(f"unknown parameterization {parameterization!r}; choose one of "
+                             f"{P.PARAMETERIZATIONS}")
         self.mixture, self.schedule, self.parameterization = mixture, schedule.root, parameterization
         self.register_buffer("_dtype_anchor", torch.zeros((), dtype=torch.float64))
 
@@ -186,8 +188,6 @@ class OracleNet(nn.Module):
         for tt in torch.unique(t).tolist():
             sel = t == tt
             x0 = expected_x0(self.mixture, self.schedule, x[sel], int(tt))
-            ab = self.schedule.alpha_bars[int(tt)].item()
-            eps = (x[sel] - math.sqrt(ab) * x0) / math.sqrt(1 - ab)
-            out[sel] = {"x0": x0, "eps": eps,
-                        "v": math.sqrt(ab) * eps - math.sqrt(1 - ab) * x0}[self.parameterization]
+            la = self.schedule.log_alpha_bars[int(tt)].item()
+            out[sel] = P.target(self.parameterization, x0, P.eps_from_x0(x[sel], x0, la), la)
         return out

@@ -44,6 +44,7 @@ import math
 
 import torch
 
+from .parameterization import posterior_coefficients
 from .schedules import NoiseSchedule
 from .training import unwrap
 
@@ -112,8 +113,7 @@ def _multisample(model, den, x0, x_t, t, s, K, generator):
     N, D = x0.shape[0], x0[0].numel()
     c0, _, var = den.step_coefficients(t, s)
     # x_s ~ q(x_s | x_t, x0): the posterior's variance is beta-tilde (0 on the jump to 0).
-    lt, ls = den._log_ab[t], den._log_ab[s]
-    q_var = (-torch.expm1(ls)) / (-torch.expm1(lt)) * (-torch.expm1(lt - ls))
+    q_var = posterior_coefficients(den.log_alpha_bars[t], den.log_alpha_bars[s])[2]
     xi = torch.randn(x0.shape, generator=generator, dtype=x0.dtype, device=x0.device)
     xr = x_t.repeat_interleave(K, 0)
     tr = t.repeat_interleave(K, 0)
@@ -149,12 +149,3 @@ def _energy(model, den, x0, x_t, t, M, generator):
 def _norm(x):
     # sqrt with a tiny floor: the exact norm's gradient is undefined at 0 (the diagonal pairs).
     return (x.square().sum(-1) + 1e-12).sqrt()
-
-
-def _col(v, like):
-    return v.to(like.dtype).reshape(-1, *([1] * (like.ndim - 1)))
-
-
-def make_objective(kind: str, chain: NoiseSchedule, **kwargs) -> Objective:
-    """Shorthand for :class:`Objective`."""
-    return Objective(kind, chain, **kwargs)

@@ -114,7 +114,7 @@ def test_latent_kernel_push_averages_over_draws():
         def distribution(self, x_t, t, s, generator=None, n_latent=None):
             g = self.inner.distribution(x_t, t, s)
             L = n_latent or 1
-            return LatentMixture(g.mean[:, None, :].expand(-1, L, -1), g.variance)
+            return LatentMixture(g.loc[:, None, :].expand(-1, L, -1), g.variance)
 
     k = BestGaussianKernel(TWO, SCHED, "beta")
     ch = SCHED.respace(4)

@@ -1,5 +1,6 @@
-"""Image samplers: ancestral = the kernel's own step, DDIM(eta=1) = ancestral, DDIM(0) is
-deterministic, respaced chains visit the right root steps, a point mass is recovered exactly."""
+"""Image sampling goes through the same samplers as vectors: DDIM(eta=1) = ancestral for a
+beta-tilde kernel, DDIM(0) is deterministic, respaced chains visit the right root steps, the last
+jump samples the kernel's final variance, a point mass is recovered exactly."""
 
 import pytest
 import torch
@@ -7,8 +8,9 @@ from torch import nn
 
 from smdlab.denoisers import GaussianDenoiser
 from smdlab.images.models import ModelSpec, build_model
-from smdlab.images.sampling import generate, reverse_step, sample_chain, save_grid
+from smdlab.images.sampling import clip_to_data_range, generate, save_grid
 from smdlab.images.unet import UNet, UNetConfig
+from smdlab.sampling import ancestral_sample, ddim_sample
 from smdlab.schedules import NoiseSchedule
 
 SHAPE = (1, 8, 8)
@@ -29,38 +31,45 @@ def ddpm():
     return model.eval()
 
 
-@pytest.mark.parametrize("t,s", [(100, 60), (37, 36), (10, 0)])
-def test_ancestral_step_is_the_kernels_step(ddpm, t, s):
+def test_ancestral_steps_are_the_kernels_steps(ddpm):
+    # What the sampler draws from at every jump (the callback's distribution) is the kernel's own
+    # step distribution, the last jump included, and x_s is a draw of it.
     x = torch.randn(4, *SHAPE, dtype=torch.float64)
-    dist = ddpm.distribution(x, t, s)
-    got = reverse_step(ddpm, x, t, s, "ancestral", clip=False,
-                       generator=torch.Generator().manual_seed(1))
-    if s == 0:  # the last jump returns its mean
-        want = dist.mean
-    else:
-        noise = torch.randn(x.shape, generator=torch.Generator().manual_seed(1),
-                            dtype=torch.float64)
-        want = dist.mean + dist.variance.sqrt()[:, None] * noise.flatten(1)
-    torch.testing.assert_close(got.flatten(1), want, rtol=1e-5, atol=1e-6)
+    infos = []
+    ancestral_sample(ddpm, x, ddpm.schedule.respace(3), generator=torch.Generator().manual_seed(1),
+                     callback=infos.append)
+    assert [(i.t, i.s) for i in infos] == [(100, 67), (67, 33), (33, 0)]
+    for info in infos:
+        want = ddpm.distribution(info.x_t, info.t, info.s)
+        torch.testing.assert_close(info.distribution.mean(), want.mean())
+        torch.testing.assert_close(info.distribution.variance, want.variance)
+        assert info.x_s.shape == info.x_t.shape == x.shape and info.x0_hat.shape == x.shape
+        torch.testing.assert_close(info.x0_hat, ddpm.denoise(info.x_t, info.t))
+    assert infos[-1].distribution.variance.unique().item() == pytest.approx(
+        ddpm.final_jump_variance(33))
 
 
 def test_ddim_eta_one_equals_ancestral_and_eta_zero_is_deterministic(ddpm):
     x = torch.randn(4, *SHAPE, dtype=torch.float64)
-    a = reverse_step(ddpm, x, 80, 50, "ancestral", generator=torch.Generator().manual_seed(2))
-    d = reverse_step(ddpm, x, 80, 50, "ddim", ddim_eta=1.0,
-                     generator=torch.Generator().manual_seed(2))
+    chain = ddpm.schedule.respace(5)
+    a = ancestral_sample(ddpm, x, chain, generator=torch.Generator().manual_seed(2),
+                         x0_hook=clip_to_data_range)
+    d = ddim_sample(ddpm, x, chain, eta=1.0, generator=torch.Generator().manual_seed(2),
+                    x0_hook=clip_to_data_range)
     torch.testing.assert_close(a, d, rtol=1e-6, atol=1e-8)
-    d0 = [reverse_step(ddpm, x, 80, 50, "ddim", 0.0, generator=torch.Generator().manual_seed(k))
+    d0 = [ddim_sample(ddpm, x, chain, 0.0, generator=torch.Generator().manual_seed(k))
           for k in (3, 4)]
     torch.testing.assert_close(d0[0], d0[1])
     with pytest.raises(ValueError, match="unknown sampler"):
-        reverse_step(ddpm, x, 80, 50, "euler")
+        generate(ddpm, 2, chain, "euler")
+    with pytest.raises(ValueError, match="eta"):
+        ddim_sample(ddpm, x, chain, eta=1.5)
 
 
 def test_respaced_chain_visits_root_steps(ddpm):
     chain = ddpm.schedule.respace(7, "linspace")
     seen = []
-    sample_chain(ddpm, torch.randn(2, *SHAPE), chain, callback=lambda i, t, s, x: seen.append(t))
+    ancestral_sample(ddpm, torch.randn(2, *SHAPE), chain, callback=lambda i: seen.append(i.t))
     assert seen == chain.original_steps[1:].flip(0).tolist()
 
 
@@ -78,10 +87,27 @@ class PointMass(nn.Module):
 @pytest.mark.parametrize("method", ["ancestral", "ddim"])
 @pytest.mark.parametrize("steps", [1, 3, 50])
 def test_point_mass_recovered_exactly(method, steps):
+    # Every jump lands on the point's posterior mean; the last one adds the kernel's final
+    # variance, here negligible (1e-16), so the images are the point to float32 precision.
     target = torch.rand(SHAPE) * 2 - 1
-    model = GaussianDenoiser(PointMass(target), NoiseSchedule.linear(50), SHAPE, "x0")
+    model = GaussianDenoiser(PointMass(target), NoiseSchedule.linear(50), SHAPE, "x0",
+                             final_variance=1e-16)
     x = generate(model, 5, model.schedule.respace(steps), method, batch_size=2, seed=0)
     torch.testing.assert_close(x, target.expand(5, *SHAPE))
+
+
+def test_final_jump_samples_the_final_variance():
+    # The one final-jump rule: the jump to 0 draws N(x0_hat, final_variance I) for ancestral
+    # sampling and DDIM(eta=1), and lands on x0_hat for DDIM(eta=0).
+    target = torch.zeros(SHAPE, dtype=torch.float64)
+    model = GaussianDenoiser(PointMass(target), NoiseSchedule.linear(50), SHAPE, "x0",
+                             final_variance=0.04).double()
+    x = torch.randn(4000, *SHAPE, dtype=torch.float64)
+    for sampler, sd in [(ancestral_sample, 0.2), (lambda *a, **k: ddim_sample(*a, eta=1.0, **k), 0.2),
+                        (lambda *a, **k: ddim_sample(*a, eta=0.0, **k), 0.0)]:
+        x0 = sampler(model, x, model.schedule.respace(2), generator=torch.Generator().manual_seed(0))
+        assert x0.std().item() == pytest.approx(sd, abs=2e-3)
+        assert abs(x0.mean().item()) < 5 * 0.2 / (4000 * 64) ** 0.5 + 1e-12
 
 
 def test_generate_smd_reproducible_and_frozen(tmp_path):

@@ -87,7 +87,7 @@ def run(cfg: E1Config, out: Outputs) -> ExperimentResult:
                                            dtype=torch.float64), cfg, g)
                 info["steps"] = S
                 data["two_modes"].append(info)
-                mu, sd = gauss.mean[0, 0].item(), math.sqrt(gauss.covariance[0, 0, 0].item())
+                mu, sd = gauss.mean()[0, 0].item(), math.sqrt(gauss.covariance[0, 0, 0].item())
                 xs = torch.linspace(mu - 5 * sd, mu + 5 * sd, cfg.n_density, dtype=torch.float64)
                 pq = _density(post, xs[:, None])
                 pg = torch.exp(-0.5 * ((xs - mu) / sd) ** 2) / (sd * math.sqrt(2 * math.pi))
@@ -110,7 +110,7 @@ def run(cfg: E1Config, out: Outputs) -> ExperimentResult:
         post, gauss, info = _panel(mix, root, t, s, x_t, cfg, g)
         info["steps"] = S
         data["grid"].append(info)
-        mu = gauss.mean[0]
+        mu = gauss.mean()[0]
         cov = gauss.covariance[0]
         half = 4 * cov.diagonal().sqrt().max().item()
         ax1 = torch.linspace(mu[0].item() - half, mu[0].item() + half, cfg.n_density // 2,
