@@ -123,3 +123,31 @@ def test_step_scorer_does_not_evaluate_the_network_again():
     rows = scorer.as_dict()
     # The oracle DDPM's mean is exact, so its mean gap is ~0 at every step; its KL is positive.
     assert max(rows["mean_gap"]) < 1e-8 and min(rows["kl_t"]) > 0
+
+
+@pytest.mark.parametrize("c", [0.05, 1.0, 3.0])
+@pytest.mark.parametrize("S", [1, 4, 25])
+def test_ddim_with_the_exact_denoiser_of_a_gaussian_is_the_closed_form_affine_map(c, S):
+    # For q(x_0) = N(m, c), E[x_0 | x_t] is affine, so DDIM(eta=0) is an affine map of x_T.  With
+    # d_t = x_t - sqrt(abar_t) m and v_t = abar_t c + 1 - abar_t, one jump multiplies d by
+    # k = (sqrt(abar_s abar_t) c + sqrt((1 - abar_s)(1 - abar_t))) / v_t (parameterization (7)).
+    # By Cauchy-Schwarz k^2 v_t <= v_s: a coarse deterministic chain shrinks the variance.
+    from smdlab import ddim_sample
+
+    m = 0.7
+    root = NoiseSchedule.linear(1000)
+    chain = root.respace(S)
+    gauss = GaussianMixture([1.0], [[m]], [c])
+    k = ExactKernel(gauss, root)
+    x_T = torch.tensor([[-1.3], [0.4], [2.2]], dtype=torch.float64)
+    got = ddim_sample(k, x_T, chain, eta=0.0)
+    ab = root.alpha_bars
+    gain, shrink = 1.0, 1.0
+    for t, s in chain_steps(k, chain):
+        v_t, v_s = ab[t] * c + 1 - ab[t], ab[s] * c + 1 - ab[s]
+        step = ((ab[s] * ab[t]).sqrt() * c + ((1 - ab[s]) * (1 - ab[t])).sqrt()) / v_t
+        gain *= step.item()
+        shrink = min(shrink, (step ** 2 * v_t / v_s).item())
+    want = m + gain * (x_T - ab[1000].sqrt() * m)
+    torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-12)
+    assert shrink <= 1 + 1e-12
