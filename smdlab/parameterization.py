@@ -163,7 +163,8 @@ def root_jump(schedule, t, s=None, who: str = "step") -> tuple[int, int, float, 
     below t (t - 1 on a root schedule).  ``who`` names the caller in the error message.
     """
     root = schedule.root
-    kept = schedule.original_steps.tolist()
+    # Every step of a root schedule is kept (no list to search on the 1000-step chains).
+    kept = range(root.T + 1) if schedule is root else schedule.original_steps.tolist()
     t = _as_step(t, "t", who)
     if not 0 < t <= root.T:
         raise ValueError(f"{who}: root step t={t} is outside 1..T={root.T} of {root.name}")
@@ -205,5 +206,6 @@ def _as_step(t, name: str, who: str) -> int:
     return int(t)
 
 
-def _short(kept: list[int]) -> str:
+def _short(kept) -> str:
+    kept = list(kept)
     return str(kept) if len(kept) <= 8 else f"[{kept[0]}, {kept[1]}, ..., {kept[-1]}]"
