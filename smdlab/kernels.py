@@ -25,7 +25,7 @@ import torch
 
 from .exact import BEST_GAUSSIAN_KINDS, best_gaussian_of, posterior_from_log_alpha_bars
 from .mixture import GaussianMixture
-from .schedules import NoiseSchedule
+from .schedules import NoiseSchedule, check_jump
 
 
 class ReverseKernel(ABC):
@@ -47,9 +47,7 @@ class ReverseKernel(ABC):
 
     def _log_alpha_bars(self, t: int, s: int) -> tuple[float, float]:
         root = self.schedule.root
-        t, s = int(t), int(s)
-        if not 0 <= s < t <= root.T:
-            raise ValueError(f"{self.name}: need 0 <= s < t <= T={root.T} (root steps); got t={t}, s={s}")
+        t, s = check_jump(t, s, root.T)   # integers with 0 <= s < t <= T (root steps)
         return root.log_alpha_bars[t].item(), root.log_alpha_bars[s].item()
 
 
