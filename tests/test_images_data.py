@@ -200,7 +200,8 @@ def test_malicious_cifar_batch_runs_nothing(tmp_path):
     pickle.loads(bad.read_bytes()).close()
     assert marker.exists()
     marker.unlink()
-    with pytest.raises(ValueError, match=r"data_batch_1: refused.*(builtins|io)\.open.*nothing in it was run"):
+    with pytest.raises(ValueError,
+                       match=r"data_batch_1: refused.*(builtins|io)\.open.*nothing in it was run"):
         read_cifar_batch(bad)
     assert not marker.exists()
     bad.write_bytes(pickle.dumps(_Shell(), protocol=2))
