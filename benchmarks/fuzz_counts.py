@@ -43,8 +43,9 @@ from tests.fuzz_cases import (  # noqa: E402
     data_case_in_tempdir,
 )
 
-# issue 9, "before": 9,309 API inputs (38 + 325 bad crashes, 55 silent NaN/inf, 12 invalid
-# accepted); 68 bad data files (19 bad crashes, 3 silent accepts).  Other outcomes not reported.
+# issue 9, "before" (printed as the "issue" rows): 9,309 API inputs (38 + 325 bad crashes,
+# 55 silent NaN/inf, 12 invalid accepted); 68 bad data files (19 bad crashes, 3 silent accepts).
+# Other outcomes were not reported.
 BEFORE = {
     "api": {"inputs": 9309, CRASH: 38 + 325, NAN: 55, ACCEPTED: 12},
     "data": {"inputs": 68, CRASH: 19, ACCEPTED: 3},
@@ -98,10 +99,10 @@ def main(argv=None):
     head = f"{'':14s}{'inputs':>8s}" + "".join(f"{c[:16]:>18s}" for c in COLUMNS)
     print(head)
     for name, counts in (("API", api), ("data files", data)):
-        print(f"{name + ' now':14s}{sum(counts.values()):8d}"
+        print(f"{name + ' run':14s}{sum(counts.values()):8d}"
               + "".join(f"{counts.get(c, 0):18d}" for c in COLUMNS))
         before = BEFORE["api" if name == "API" else "data"]
-        print(f"{name + ' before':14s}{before['inputs']:8d}"
+        print(f"{name + ' issue':14s}{before['inputs']:8d}"
               + "".join(f"{before[c] if c in before else '-':>18}" for c in COLUMNS))
     for title, fails in (("API", api_fail), ("data", data_fail)):
         for key, v in sorted(fails.items(), key=lambda kv: -kv[1]["count"]):
