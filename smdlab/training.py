@@ -49,6 +49,7 @@ import dataclasses
 import hashlib
 import io
 import math
+import pickle
 import re
 import time
 from collections.abc import Callable
@@ -174,9 +175,15 @@ def _torch_load(source, path: Path, map_location):
     try:
         return torch.load(source, map_location=map_location, weights_only=True)
     except Exception as e:  # noqa: BLE001 - any failure to unpickle means the file is unusable
-        # torch's message suggests weights_only=False: never pass that on, it would run code.
-        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
-        raise _corrupt(path, f"{type(e).__name__}: {first[:200]}") from None
+        # torch's message for a refused object advises loading with weights_only=False: never
+        # pass that on (it would run whatever code the file names); say what was refused.
+        if isinstance(e, pickle.UnpicklingError):
+            why = ("it holds objects other than tensors and plain Python data, which smdlab "
+                   "never unpickles")
+        else:
+            first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+            why = f"{type(e).__name__}: {first[:200]}"
+        raise _corrupt(path, why) from None
 
 
 def load_checkpoint(path, map_location="cpu") -> dict:

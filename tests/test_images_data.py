@@ -402,3 +402,16 @@ def test_too_small_data_fails_before_training(tmp_path):
 def test_image_size_is_validated_up_front(size, err):
     with pytest.raises(err, match="image_size must be a positive integer"):
         load_dataset("digits", image_size=size)
+
+
+def test_cifar_batch_with_numpy1_module_names_loads(tmp_path):
+    # the original CIFAR-10 files were pickled by Python 2 with numpy 1: "numpy.core.multiarray"
+    rng = np.random.default_rng(3)
+    x = rng.integers(0, 256, (2, 3072), dtype=np.uint8)
+    raw = pickle.dumps({b"data": x, b"labels": [4, 5]}, protocol=2)
+    raw = raw.replace(b"numpy._core.multiarray", b"numpy.core.multiarray")
+    assert b"numpy.core.multiarray\n_reconstruct" in raw
+    path = tmp_path / "data_batch_1"
+    path.write_bytes(raw)
+    got, y = read_cifar_batch(path)
+    assert np.array_equal(got.reshape(2, -1), x) and y.tolist() == [4, 5]

@@ -321,3 +321,16 @@ def test_data_fingerprint_and_extra_settings_are_compared_on_resume(tmp_path):
     assert res.resumed_from == 3 and res.step == 6
     saved = load_checkpoint(latest_checkpoint(tmp_path))["config"]
     assert saved["data_fingerprint"] == fp and saved["extra"] == {"flip": False}
+
+
+def test_refused_objects_never_suggest_unsafe_loading(tmp_path):
+    import fractions
+
+    path = tmp_path / "ckpt_00000001.pt"
+    # an object torch's safe loader refuses (any class outside its allow-list)
+    torch.save({"step": 1, "model": fractions.Fraction(1, 3), "config": {}}, path)
+    with pytest.raises(CheckpointError) as err:
+        load_checkpoint(path)
+    msg = str(err.value)
+    assert str(path) in msg and "never unpickles" in msg
+    assert "weights_only" not in msg and "can still be loaded" not in msg
