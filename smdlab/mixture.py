@@ -225,6 +225,10 @@ class GaussianMixture:
         n = as_integer(n, "n")
         if n < 0:
             raise ValueError(f"n must be >= 0; got {n}")
+        if n == 0:   # torch.multinomial refuses zero draws
+            x = torch.empty(0, self.D, dtype=self.dtype, device=self.device)
+            k = torch.empty(0, dtype=torch.int64, device=self.device)
+            return (x, k) if return_components else x
         k = torch.multinomial(self.weights, n, replacement=True, generator=generator)
         eps = torch.randn(n, self.D, dtype=self.dtype, device=self.device, generator=generator)
         root = self.eigvecs * self.eigvals.sqrt()[..., None, :]

@@ -64,8 +64,9 @@ from tqdm.auto import tqdm
 from .provenance import atomic_write_bytes, write_json
 
 CKPT_RE = re.compile(r"^ckpt_(\d+)\.pt$")
-# Temporary files of atomic_write_bytes for checkpoints and the log (".<name>.<random>.tmp").
-ORPHAN_RE = re.compile(r"^\.(ckpt_\d+\.pt|log\.json)\..+\.tmp$")
+# Temporary files of atomic_write_bytes for checkpoints, EMA snapshots and the log
+# (".<name>.<random>.tmp").
+ORPHAN_RE = re.compile(r"^\.(ckpt_\d+\.pt|snap_\d+\.pt|log\.json)\..+\.tmp$")
 # Config fields that may change between an interrupted run and its resumption: none of them
 # changes the weights (log_every only groups the loss log; images derive it from steps).
 RESUMABLE_CHANGES = ("steps", "progress", "checkpoint_every", "keep_checkpoints", "log_every")

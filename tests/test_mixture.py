@@ -158,3 +158,13 @@ def test_random_and_limits():
     with pytest.raises(TypeError, match="dtype"):
         GaussianMixture([1.0], [[0.0]], [1.0], dtype=torch.int64)
     assert issubclass(ExtremeValueError, OverflowError) and issubclass(ExtremeValueError, ValueError)
+
+
+def test_sample_counts():
+    m = GaussianMixture.grid(2)
+    x, k = m.sample(0, return_components=True)
+    assert x.shape == (0, 2) and k.shape == (0,)
+    assert m.sample(np.int64(3)).shape == (3, 2)
+    for bad in (-1, 2.5, "4"):
+        with pytest.raises((TypeError, ValueError), match="n must be"):
+            m.sample(bad)

@@ -257,7 +257,8 @@ def test_nan_guard_never_names_a_corrupt_checkpoint(tmp_path):
 
 def test_orphan_temporary_files_are_removed(tmp_path):
     tmp_path.mkdir(exist_ok=True)
-    orphans = [tmp_path / ".ckpt_00000004.pt.k2j4h5.tmp", tmp_path / ".log.json.x8d.tmp"]
+    orphans = [tmp_path / ".ckpt_00000004.pt.k2j4h5.tmp", tmp_path / ".log.json.x8d.tmp",
+               tmp_path / ".snap_00000002.pt.a1b2.tmp"]
     for p in orphans:
         p.write_bytes(b"half a checkpoint")
     keep = tmp_path / "notes.tmp"
