@@ -27,25 +27,26 @@ class Gaussian:
 
     def __init__(self, mean: torch.Tensor, covariance: torch.Tensor | None = None,
                  variance: float | torch.Tensor | None = None):
-        if mean.ndim != 2:
-            raise ValueError(f"mean must be (N, D); got shape {tuple(mean.shape)}")
+        _check_tensor(mean, "mean", 2, "(N, D)")
         if (covariance is None) == (variance is None):
             raise ValueError("give exactly one of covariance (full) or variance (isotropic)")
         self.loc = mean
         N, D = mean.shape
         self.D = D
         if covariance is not None:
+            if not isinstance(covariance, torch.Tensor):
+                raise TypeError(f"covariance must be a tensor; got {type(covariance).__name__}")
             cov = covariance.to(mean)
-            if cov.shape[-2:] != (D, D):
+            if cov.ndim not in (2, 3) or cov.shape[-2:] != (D, D) or \
+                    (cov.ndim == 3 and cov.shape[0] not in (1, N)):
                 raise ValueError(f"covariance must be (N, D, D) or (D, D); got {tuple(cov.shape)}")
+            if not torch.isfinite(cov).all():
+                raise ValueError("covariance must be finite; got NaN or inf")
             self.covariance = cov.expand(N, D, D)
             self.variance = None
             self._chol = None
         else:
-            var = torch.as_tensor(variance, dtype=mean.dtype, device=mean.device)
-            if (var <= 0).any():
-                raise ValueError("variance must be positive")
-            self.variance = var.expand(N) if var.ndim == 0 else var.reshape(N)
+            self.variance = _check_variance(variance, mean, N)
             self.covariance = None
 
     def mean(self) -> torch.Tensor:
@@ -124,12 +125,12 @@ class LatentMixture:
     """
 
     def __init__(self, means: torch.Tensor, variance: float | torch.Tensor):
-        if means.ndim != 3:
-            raise ValueError(f"means must be (N, L, D); got shape {tuple(means.shape)}")
+        _check_tensor(means, "means", 3, "(N, L, D)")
         self.means = means
         N, self.L, self.D = means.shape
-        var = torch.as_tensor(variance, dtype=means.dtype, device=means.device)
-        self.variance = var.expand(N) if var.ndim == 0 else var.reshape(N)
+        if self.L < 1:
+            raise ValueError("means must hold at least one latent draw (L >= 1)")
+        self.variance = _check_variance(variance, means, N)
 
     def log_prob(self, x: torch.Tensor) -> torch.Tensor:
         d = x[:, None, :] - self.means
@@ -146,3 +147,30 @@ class LatentMixture:
 
     def mean(self) -> torch.Tensor:
         return self.means.mean(1)
+
+
+def _check_tensor(x, name: str, ndim: int, shape: str) -> None:
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor {shape}; got {type(x).__name__}")
+    if x.ndim != ndim:
+        raise ValueError(f"{name} must be {shape}; got shape {tuple(x.shape)}")
+    if not x.dtype.is_floating_point:
+        raise TypeError(f"{name} must be a floating-point tensor; got {x.dtype}")
+    if x.shape[-1] < 1:
+        raise ValueError(f"{name} must have at least one dimension D >= 1; got shape {tuple(x.shape)}")
+    if not torch.isfinite(x).all():
+        raise ValueError(f"{name} must be finite; got NaN or inf")
+
+
+def _check_variance(variance, like: torch.Tensor, N: int) -> torch.Tensor:
+    """An isotropic variance (a number or (N,) values) as an (N,) tensor: finite and positive."""
+    try:
+        var = torch.as_tensor(variance, dtype=like.dtype, device=like.device)
+    except (TypeError, ValueError, RuntimeError) as e:
+        raise TypeError(f"variance must be a number or an (N,) tensor: {e}") from e
+    if var.ndim != 0 and var.numel() != N:
+        raise ValueError(f"variance must be a number or have N={N} values; got shape "
+                         f"{tuple(var.shape)}")
+    if not torch.isfinite(var).all() or (var <= 0).any():
+        raise ValueError("variance must be finite and positive")
+    return var.expand(N) if var.ndim == 0 else var.reshape(N)

@@ -23,9 +23,9 @@ import math
 import torch
 
 from .distributions import LOG_2PI, Gaussian
-from .mixture import GaussianMixture
+from .mixture import GaussianMixture, check_points
 from .parameterization import check_root_step, eps_from_score, root_jump
-from .schedules import NoiseSchedule
+from .schedules import NoiseSchedule, as_integer
 
 BEST_GAUSSIAN_KINDS = ("moment", "isotropic", "beta_tilde", "beta")
 
@@ -33,6 +33,7 @@ BEST_GAUSSIAN_KINDS = ("moment", "isotropic", "beta_tilde", "beta")
 def marginal(mixture: GaussianMixture, schedule: NoiseSchedule, t: int) -> GaussianMixture:
     """q(x_t) as a GaussianMixture; t is a ROOT step (a kept step of ``schedule``; 0 gives the
     target)."""
+    _check_mixture(mixture)
     t = check_root_step(schedule, t, "marginal")
     return diffused_mixture(mixture, schedule.root.log_alpha_bars[t].item())
 
@@ -47,7 +48,7 @@ def diffused_mixture(mixture: GaussianMixture, log_ab: float, extra: float = 0.0
     else:
         cov = cov + add
     return GaussianMixture(mixture.weights, math.sqrt(ab) * mixture.means, cov,
-                           dtype=mixture.dtype, device=mixture.device)
+                           covariance_type=mixture.kind, dtype=mixture.dtype, device=mixture.device)
 
 
 class MixturePosterior:
@@ -131,8 +132,13 @@ class MixturePosterior:
         return (z * z * inv_e).sum(-1)
 
     def _check(self, x):
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"x must be a tensor (N, D) = ({self.N}, {self.D}); got "
+                            f"{type(x).__name__}")
         if x.shape != (self.N, self.D):
             raise ValueError(f"x must have shape (N, D) = ({self.N}, {self.D}); got {tuple(x.shape)}")
+        if not torch.isfinite(x).all():
+            raise ValueError("x must be finite; got NaN or inf")
 
     def sample(self, generator: torch.Generator | None = None, return_components: bool = False):
         """One draw x_s ~ q(x_s | x_t) per point: (N, D)."""
@@ -169,6 +175,9 @@ class MixturePosterior:
 
     def entropy_mc(self, n_samples: int, generator: torch.Generator | None = None):
         """Monte Carlo entropy H(q(. | x_t)) per point: (mean (N,), standard error (N,))."""
+        n_samples = as_integer(n_samples, "n_samples")
+        if n_samples < 1:
+            raise ValueError(f"n_samples must be >= 1; got {n_samples}")
         vals = torch.stack([-self.log_prob(self.sample(generator)) for _ in range(n_samples)])
         se = vals.std(0) / math.sqrt(n_samples) if n_samples > 1 else torch.full_like(vals[0], math.inf)
         return vals.mean(0), se
@@ -182,6 +191,7 @@ def posterior(mixture: GaussianMixture, schedule: NoiseSchedule, x_t: torch.Tens
     of ``schedule``, 0 <= s < t <= T; s defaults to the kept step below t (t - 1 on a root
     schedule).  ``s = 0`` gives q(x_0 | x_t).
     """
+    _check_mixture(mixture)
     t, s, lt, ls = root_jump(schedule, t, s, "posterior")
     return posterior_from_log_alpha_bars(mixture, x_t, lt, ls)
 
@@ -190,7 +200,8 @@ def posterior_from_log_alpha_bars(mixture: GaussianMixture, x_t: torch.Tensor, l
                                   log_ab_s: float) -> MixturePosterior:
     """q(x_s | x_t) given log abar_t < log abar_s <= 0 directly (see the module docstring)."""
     x_t = _check_points(mixture, x_t)
-    if not log_ab_t < log_ab_s <= 0:
+    log_ab_t, log_ab_s = float(log_ab_t), float(log_ab_s)
+    if not (math.isfinite(log_ab_t) and log_ab_t < log_ab_s <= 0):
         raise ValueError(f"need abar_t < abar_s <= 1; got log abar_t={log_ab_t}, log abar_s={log_ab_s}")
     ab_t, ab_s = math.exp(log_ab_t), math.exp(log_ab_s)
     om_t, om_s = -math.expm1(log_ab_t), -math.expm1(log_ab_s)
@@ -257,6 +268,8 @@ def best_gaussian(mixture: GaussianMixture, schedule: NoiseSchedule, x_t: torch.
         variance; clipped on the final jump to 0, see ``NoiseSchedule.kernel_variance``);
       * ``"beta"``: the mixture mean with variance 1 - abar_t / abar_s.
     """
+    if kind not in BEST_GAUSSIAN_KINDS:
+        raise ValueError(f"unknown best-Gaussian kind {kind!r}; choose one of {BEST_GAUSSIAN_KINDS}")
     t, s, lt, ls = root_jump(schedule, t, s, "best_gaussian")
     post = posterior_from_log_alpha_bars(mixture, x_t, lt, ls)
     return best_gaussian_of(post, schedule.root, t, s, kind)
@@ -334,8 +347,12 @@ def _rotate_back(v, U, axis_aligned):
 
 
 
-def _check_points(mixture: GaussianMixture, x) -> torch.Tensor:
-    x = torch.as_tensor(x, dtype=mixture.dtype, device=mixture.device)
-    if x.ndim != 2 or x.shape[1] != mixture.D:
-        raise ValueError(f"points must have shape (N, D) with D={mixture.D}; got {tuple(x.shape)}")
-    return x
+def _check_mixture(mixture) -> None:
+    if not isinstance(mixture, GaussianMixture):
+        raise TypeError(f"mixture must be a GaussianMixture; got {type(mixture).__name__}")
+
+
+def _check_points(mixture: GaussianMixture, x, name: str = "x_t") -> torch.Tensor:
+    """x as (N, D) points of the mixture's dtype: finite, within the engine's range."""
+    _check_mixture(mixture)
+    return check_points(x, name, mixture.D, mixture.dtype, mixture.device)

@@ -13,7 +13,53 @@ import math
 import torch
 from torch.distributions import Categorical, MixtureSameFamily, MultivariateNormal
 
+from .schedules import _check_real, as_integer
+
 WEIGHT_TOL = 1e-6
+COVARIANCE_TYPES = ("full", "diagonal", "isotropic")
+RANDOM_KINDS = COVARIANCE_TYPES
+
+
+class ExtremeValueError(ValueError, OverflowError):
+    """A finite input too large or too small for the exact engine's floating-point range.
+
+    Squared distances over variances must stay finite (see :func:`value_limits`); rather than
+    return NaN, smdlab refuses such inputs.  It is both an OverflowError and a ValueError.
+    """
+
+
+def value_limits(dtype: torch.dtype = torch.float64) -> tuple[float, float, float]:
+    """(max |coordinate|, min variance, max variance) the exact engine computes with in ``dtype``.
+
+    With |mean|, |x| <= L = finfo.max^(1/5) and variances in [L^-2, L^2], every squared
+    Mahalanobis distance is at most 4 L^4 = 4 finfo.max^(4/5), far from overflow, and every
+    log-density finite (float64: L = 1.1e61, variances 8e-123 .. 1.3e122).
+    """
+    L = torch.finfo(dtype).max ** 0.2
+    return L, L ** -2, L ** 2
+
+
+def check_points(x, name: str, D: int, dtype, device, ndim: int | None = 2) -> torch.Tensor:
+    """Points x as a tensor of ``dtype`` with last dimension D, finite and within value_limits.
+
+    ndim=2 requires (N, D); ndim=None accepts (..., D).
+    """
+    try:
+        x = torch.as_tensor(x, dtype=dtype, device=device)
+    except (TypeError, ValueError, RuntimeError) as e:
+        raise TypeError(f"{name} must be a numeric array (N, D): {e}") from e
+    if (ndim is not None and x.ndim != ndim) or x.ndim < 1 or x.shape[-1] != D:
+        want = "(N, D)" if ndim == 2 else "(..., D)"
+        raise ValueError(f"{name} must have shape {want} with last dimension D={D}; got shape "
+                         f"{tuple(x.shape)}")
+    if not torch.isfinite(x).all():
+        raise ValueError(f"{name} must be finite; got NaN or inf")
+    L = value_limits(x.dtype)[0]
+    if x.numel() and x.abs().max() > L:
+        raise ExtremeValueError(f"{name}: |value| {x.abs().max().item():.3g} exceeds {L:.3g}, the "
+                                f"largest coordinate smdlab computes with in {x.dtype} (squared "
+                                f"distances would overflow)")
+    return x
 
 
 class GaussianMixture:
@@ -21,12 +67,27 @@ class GaussianMixture:
 
     Args:
         weights: (K,) positive mixing weights that sum to 1 (within 1e-6; renormalised exactly).
-        means: (K, D) component means.  A (K,) tensor is read as D = 1.
+        means: (K, D) component means, D >= 1.  A (K,) tensor is read as D = 1.
         covariances: full (K, D, D), diagonal (K, D) or isotropic (K,) variances.
-        dtype, device: where the parameters live.
+        covariance_type: ``"full"``, ``"diagonal"`` or ``"isotropic"`` to say which of these
+            covariances is; None infers it from the shape.  The one ambiguous shape is a square
+            (K, D) array with K = D >= 2 that is symmetric: it could be K diagonals or one (D, D)
+            matrix meant for every component, so inference refuses it (a non-symmetric square
+            array can only be diagonals and is read so).
+        dtype, device: where the parameters live (dtype must be a floating-point type).
+
+    Means must satisfy |m| <= L and covariance eigenvalues lie in [L^-2, L^2] (see
+    :func:`value_limits`); outside that range :class:`ExtremeValueError` is raised instead of
+    NaN results later.
     """
 
-    def __init__(self, weights, means, covariances, *, dtype=torch.float64, device=None):
+    def __init__(self, weights, means, covariances, *, covariance_type: str | None = None,
+                 dtype=torch.float64, device=None):
+        if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+            raise TypeError(f"dtype must be a floating-point torch dtype; got {dtype!r}")
+        if covariance_type is not None and covariance_type not in COVARIANCE_TYPES:
+            raise ValueError(f"unknown covariance_type {covariance_type!r}; choose one of "
+                             f"{COVARIANCE_TYPES} or None")
         w = _as_tensor("weights", weights, dtype, device)
         m = _as_tensor("means", means, dtype, device)
         c = _as_tensor("covariances", covariances, dtype, device)
@@ -39,30 +100,52 @@ class GaussianMixture:
             raise ValueError(f"means must have shape (K, D) = ({K}, D) to match {K} weights; "
                              f"got shape {tuple(m.shape)}")
         D = m.shape[1]
+        if D < 1:
+            raise ValueError(f"means must have at least one dimension: shape (K, D) with D >= 1; "
+                             f"got shape {tuple(m.shape)}")
+        L, vmin, vmax = value_limits(dtype)
+        if m.abs().max() > L:
+            raise ExtremeValueError(f"means: |value| {m.abs().max().item():.3g} exceeds {L:.3g}, the "
+                                    f"largest coordinate smdlab computes with in {dtype}")
         if (w <= 0).any():
             raise ValueError(f"weights must be positive; got min weight {w.min().item():.3g}")
         if abs(w.sum().item() - 1.0) > WEIGHT_TOL:
             raise ValueError(f"weights must sum to 1 (within {WEIGHT_TOL}); they sum to {w.sum().item():.9g}")
         w = w / w.sum()
-        if c.shape == (K,):
-            kind = "isotropic"
-            c_full = c[:, None, None] * torch.eye(D, dtype=dtype, device=m.device)
-        elif c.shape == (K, D):
-            kind = "diagonal"
-            c_full = torch.diag_embed(c)
-        elif c.shape == (K, D, D):
-            kind = "full"
-            c_full = c
+        shapes = {"isotropic": (K,), "diagonal": (K, D), "full": (K, D, D)}
+        if covariance_type is not None:
+            kind = covariance_type
+            if c.shape != shapes[kind]:
+                raise ValueError(f"covariances of covariance_type={kind!r} must have shape "
+                                 f"{shapes[kind]}; got {tuple(c.shape)}")
         else:
-            raise ValueError(f"covariances must have shape (K,)=({K},) isotropic, (K, D)=({K}, {D}) "
-                             f"diagonal or (K, D, D)=({K}, {D}, {D}) full; got {tuple(c.shape)}")
+            kind = next((k for k, shape in shapes.items() if c.shape == shape), None)
+            if kind is None:
+                raise ValueError(f"covariances must have shape (K,)=({K},) isotropic, (K, D)=({K}, "
+                                 f"{D}) diagonal or (K, D, D)=({K}, {D}, {D}) full; got "
+                                 f"{tuple(c.shape)}")
+            if kind == "diagonal" and K == D >= 2 and torch.equal(c, c.T):
+                raise ValueError(f"covariances of shape ({K}, {D}) with K = D = {D} are ambiguous: "
+                                 f"{K} diagonal variances or one ({D}, {D}) matrix? Pass "
+                                 f"covariance_type='diagonal', or a (K, D, D) tensor for full "
+                                 f"covariances")
+        if kind == "isotropic":
+            c_full = c[:, None, None] * torch.eye(D, dtype=dtype, device=m.device)
+        elif kind == "diagonal":
+            c_full = torch.diag_embed(c)
+        else:
+            c_full = c
         if kind != "full" and (c <= 0).any():
             raise ValueError(f"{kind} covariances (variances) must be positive; got min "
                              f"{c.min().item():.3g}")
-        asym = (c_full - c_full.transpose(-1, -2)).abs().amax()
-        scale = c_full.abs().amax().clamp_min(1e-300)
-        if asym > 1e-8 * scale:
-            raise ValueError(f"covariances must be symmetric; max |C - C^T| = {asym.item():.3g}")
+        # Symmetry relative to each component's own scale: a tiny component next to a wide one
+        # must not pass with a large relative asymmetry.
+        asym = (c_full - c_full.transpose(-1, -2)).abs().amax((-2, -1))
+        scale = c_full.abs().amax((-2, -1)).clamp_min(torch.finfo(dtype).tiny)
+        if (asym > 1e-8 * scale).any():
+            k = int((asym / scale).argmax())
+            raise ValueError(f"covariances must be symmetric; component {k} has max |C - C^T| = "
+                             f"{asym[k].item():.3g} (relative {(asym[k] / scale[k]).item():.3g})")
         c_full = 0.5 * (c_full + c_full.transpose(-1, -2))
         if kind == "full":
             evals, evecs = torch.linalg.eigh(c_full)
@@ -75,6 +158,10 @@ class GaussianMixture:
             k = int((evals <= 0).any(-1).nonzero()[0])
             raise ValueError(f"covariances must be positive definite; component {k} has smallest "
                              f"eigenvalue {evals[k].min().item():.3g}")
+        if evals.min() < vmin or evals.max() > vmax:
+            raise ExtremeValueError(f"covariances: eigenvalues must lie in [{vmin:.3g}, {vmax:.3g}] "
+                                    f"for {dtype}; got {evals.min().item():.3g} .. "
+                                    f"{evals.max().item():.3g}")
         self.weights, self.means, self.covariances = w, m, c_full
         self.eigvals, self.eigvecs = evals, evecs
         self.kind = kind
@@ -93,8 +180,8 @@ class GaussianMixture:
     def to(self, device=None, dtype=None) -> GaussianMixture:
         dtype = dtype or self.dtype
         return GaussianMixture(self.weights.to(device, dtype), self.means.to(device, dtype),
-                               self.compact_covariances().to(device, dtype), dtype=dtype,
-                               device=device)
+                               self.compact_covariances().to(device, dtype),
+                               covariance_type=self.kind, dtype=dtype, device=device)
 
     def compact_covariances(self) -> torch.Tensor:
         """Covariances in the form they were given: (K,), (K, D) or (K, D, D)."""
@@ -135,6 +222,13 @@ class GaussianMixture:
     def sample(self, n: int, generator: torch.Generator | None = None,
                return_components: bool = False):
         """n samples (n, D); optionally also the component index of each (n,)."""
+        n = as_integer(n, "n")
+        if n < 0:
+            raise ValueError(f"n must be >= 0; got {n}")
+        if n == 0:   # torch.multinomial refuses zero draws
+            x = torch.empty(0, self.D, dtype=self.dtype, device=self.device)
+            k = torch.empty(0, dtype=torch.int64, device=self.device)
+            return (x, k) if return_components else x
         k = torch.multinomial(self.weights, n, replacement=True, generator=generator)
         eps = torch.randn(n, self.D, dtype=self.dtype, device=self.device, generator=generator)
         root = self.eigvecs * self.eigvals.sqrt()[..., None, :]
@@ -151,10 +245,7 @@ class GaussianMixture:
             torch.einsum("k,ki,kj->ij", self.weights, d, d)
 
     def _check_points(self, x):
-        x = torch.as_tensor(x, dtype=self.dtype, device=self.device)
-        if x.shape[-1] != self.D:
-            raise ValueError(f"points must have last dimension D={self.D}; got shape {tuple(x.shape)}")
-        return x
+        return check_points(x, "points", self.D, self.dtype, self.device, ndim=None)
 
     def __repr__(self):
         return f"GaussianMixture(K={self.K}, D={self.D}, {self.kind})"
@@ -166,8 +257,10 @@ class GaussianMixture:
 
         The default spacing 0.5 gives the 7 x 7 grid unit per-axis variance.
         """
-        if G < 1 or spacing <= 0 or std <= 0:
-            raise ValueError(f"grid needs G >= 1, spacing > 0, std > 0; got {G}, {spacing}, {std}")
+        G = as_integer(G, "G")
+        if G < 1:
+            raise ValueError(f"grid needs G >= 1; got G={G}")
+        spacing, std = _check_real(spacing, "spacing", 0.0), _check_real(std, "std", 0.0)
         c = (torch.arange(G, dtype=torch.float64) - (G - 1) / 2) * spacing
         means = torch.cartesian_prod(c, c).reshape(-1, 2)
         K = G * G
@@ -176,8 +269,11 @@ class GaussianMixture:
     @classmethod
     def ring(cls, K: int = 8, radius: float = 1.0, std: float = 0.05, **kw) -> GaussianMixture:
         """K equally weighted isotropic Gaussians evenly spaced on a circle."""
-        if K < 1 or radius < 0 or std <= 0:
-            raise ValueError(f"ring needs K >= 1, radius >= 0, std > 0; got {K}, {radius}, {std}")
+        K = as_integer(K, "K")
+        if K < 1:
+            raise ValueError(f"ring needs K >= 1; got K={K}")
+        radius = _check_real(radius, "radius", 0.0, low_open=False)
+        std = _check_real(std, "std", 0.0)
         a = torch.arange(K, dtype=torch.float64) * 2 * math.pi / K
         means = radius * torch.stack([a.cos(), a.sin()], -1)
         return cls(torch.full((K,), 1.0 / K), means, torch.full((K,), std ** 2), **kw)
@@ -186,6 +282,9 @@ class GaussianMixture:
     def two_modes(cls, separation: float = 2.0, std: float = 0.1, weight: float = 0.5,
                   **kw) -> GaussianMixture:
         """A 1-D mixture of two Gaussians at +-separation/2 with the given std."""
+        separation = _check_real(separation, "separation")
+        std = _check_real(std, "std", 0.0)
+        weight = _check_real(weight, "weight", 0.0, 1.0)
         return cls([weight, 1 - weight], [[-separation / 2], [separation / 2]],
                    [std ** 2, std ** 2], **kw)
 
@@ -193,7 +292,20 @@ class GaussianMixture:
     def random(cls, K: int, D: int, generator: torch.Generator | None = None, scale: float = 2.0,
                min_var: float = 0.01, max_var: float = 0.5, kind: str = "full", **kw):
         """A random mixture: Dirichlet(1) weights, uniform means in [-scale, scale]^D, random SPD
-        covariances with eigenvalues in [min_var, max_var]."""
+        covariances with eigenvalues in [min_var, max_var].  kind: "full", "diagonal" or
+        "isotropic"."""
+        K, D = as_integer(K, "K"), as_integer(D, "D")
+        if K < 1 or D < 1:
+            raise ValueError(f"random mixture needs K >= 1 and D >= 1; got K={K}, D={D}")
+        if kind not in RANDOM_KINDS:
+            raise ValueError(f"unknown kind {kind!r}; choose one of {RANDOM_KINDS}")
+        if generator is not None and not isinstance(generator, torch.Generator):
+            raise TypeError(f"generator must be a torch.Generator or None; got {generator!r}")
+        scale = _check_real(scale, "scale", 0.0, low_open=False)
+        min_var = _check_real(min_var, "min_var", 0.0)
+        max_var = _check_real(max_var, "max_var", 0.0)
+        if min_var > max_var:
+            raise ValueError(f"need min_var <= max_var; got min_var={min_var}, max_var={max_var}")
         g = generator
         w = torch.distributions.Gamma(1.0, 1.0).rsample((K,)) if g is None else \
             -torch.log(torch.rand(K, generator=g, dtype=torch.float64)).clamp_min(1e-12)
@@ -201,9 +313,9 @@ class GaussianMixture:
         means = (torch.rand(K, D, generator=g, dtype=torch.float64) * 2 - 1) * scale
         var = min_var + (max_var - min_var) * torch.rand(K, D, generator=g, dtype=torch.float64)
         if kind == "isotropic":
-            return cls(w, means, var[:, 0], **kw)
+            return cls(w, means, var[:, 0], covariance_type="isotropic", **kw)
         if kind == "diagonal":
-            return cls(w, means, var, **kw)
+            return cls(w, means, var, covariance_type="diagonal", **kw)
         q, _ = torch.linalg.qr(torch.randn(K, D, D, generator=g, dtype=torch.float64))
         cov = q @ torch.diag_embed(var) @ q.transpose(-1, -2)
         return cls(w, means, 0.5 * (cov + cov.transpose(-1, -2)), **kw)
@@ -215,22 +327,25 @@ class GaussianMixture:
         Its components are all combinations of per-axis components, with product weights and
         diagonal covariances.  Useful to make errors grow with the dimension.
         """
-        w1 = torch.as_tensor(weights, dtype=torch.float64)
-        m1 = torch.as_tensor(means, dtype=torch.float64).flatten()
-        v1 = torch.as_tensor(variances, dtype=torch.float64).flatten()
+        w1 = _as_tensor("weights", weights, torch.float64, None).flatten()
+        m1 = _as_tensor("means", means, torch.float64, None).flatten()
+        v1 = _as_tensor("variances", variances, torch.float64, None).flatten()
+        D = as_integer(D, "D")
         J = w1.numel()
         if m1.numel() != J or v1.numel() != J:
             raise ValueError(f"product needs J weights, means and variances; got {J}, {m1.numel()}, "
                              f"{v1.numel()}")
-        if D < 1 or J ** D > 1_000_000:
+        if J < 1 or D < 1 or J ** D > 1_000_000:
             raise ValueError(f"product mixture with J={J}, D={D} has {J ** D} components; keep it "
                              "between 1 and 1e6")
         idx = torch.tensor(list(itertools.product(range(J), repeat=D)), dtype=torch.int64)
         w = w1[idx].prod(-1)
-        return cls(w / w.sum(), m1[idx], v1[idx], **kw)
+        return cls(w / w.sum(), m1[idx], v1[idx], covariance_type="diagonal", **kw)
 
 
 def _as_tensor(name, value, dtype, device):
+    if isinstance(value, torch.Tensor) and (value.dtype.is_complex or value.dtype == torch.bool):
+        raise ValueError(f"{name} must be numeric array-like of real numbers; got dtype {value.dtype}")
     try:
         t = torch.as_tensor(value, dtype=dtype, device=device)
     except (TypeError, ValueError, RuntimeError) as e:

@@ -36,6 +36,8 @@ from __future__ import annotations
 
 import torch
 
+from .schedules import NoiseSchedule, as_integer
+
 PARAMETERIZATIONS = ("eps", "x0", "v")
 
 
@@ -162,6 +164,7 @@ def root_jump(schedule, t, s=None, who: str = "step") -> tuple[int, int, float, 
     root schedule is kept) with 0 <= s < t <= T of the root.  ``s=None`` is the kept step just
     below t (t - 1 on a root schedule).  ``who`` names the caller in the error message.
     """
+    _check_schedule(schedule, who)
     root = schedule.root
     # Every step of a root schedule is kept (no list to search on the 1000-step chains).
     kept = range(root.T + 1) if schedule is root else schedule.original_steps.tolist()
@@ -184,6 +187,7 @@ def root_jump(schedule, t, s=None, who: str = "step") -> tuple[int, int, float, 
 
 def check_root_step(schedule, t, who: str = "step") -> int:
     """Validate one ROOT step t (0 allowed) as a kept step of ``schedule``; return it as an int."""
+    _check_schedule(schedule, who)
     t = _as_step(t, "t", who)
     if not 0 <= t <= schedule.root.T:
         raise ValueError(f"{who}: root step {t} is outside 0..T={schedule.root.T} of "
@@ -195,15 +199,13 @@ def check_root_step(schedule, t, who: str = "step") -> int:
 
 
 def _as_step(t, name: str, who: str) -> int:
-    if isinstance(t, torch.Tensor) and t.numel() == 1:
-        t = t.item()
-    try:
-        ok = not isinstance(t, bool) and float(t).is_integer()
-    except (TypeError, ValueError):
-        ok = False
-    if not ok:
-        raise TypeError(f"{who}: step {name} must be an integer; got {t!r}")
-    return int(t)
+    # One integer rule for every step in smdlab (schedules.as_integer): 2.7 or '5' is a caller's bug.
+    return as_integer(t, f"{who}: step {name}")
+
+
+def _check_schedule(schedule, who: str) -> None:
+    if not isinstance(schedule, NoiseSchedule):
+        raise TypeError(f"{who}: schedule must be a NoiseSchedule; got {type(schedule).__name__}")
 
 
 def _short(kept) -> str:

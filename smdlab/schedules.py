@@ -14,10 +14,83 @@ network trained on root indices is always evaluated at the right index.
 from __future__ import annotations
 
 import math
+import numbers
 
 import torch
 
 SPACINGS = ("linspace", "trailing", "quadratic")
+
+
+class IntegerTypeError(TypeError, ValueError):
+    """A step index or count that is not an integer (a float, a string, a bool).
+
+    It is a TypeError, and also a ValueError so that code catching ValueError for every bad
+    argument (the CLIs, older callers) still catches it.
+    """
+
+
+def as_integer(value, name: str) -> int:
+    """``value`` as a Python int: Python, numpy and 0-d torch integers are accepted.
+
+    Floats (even 3.0), strings, bools and anything else raise :class:`IntegerTypeError` naming
+    ``name``: silently truncating t = 2.7 to 2 or parsing t = '5' hides a caller's bug.
+    """
+    if isinstance(value, torch.Tensor):
+        if value.numel() != 1 or value.ndim != 0 or value.dtype.is_floating_point or \
+                value.dtype.is_complex or value.dtype == torch.bool:
+            raise IntegerTypeError(f"{name} must be an integer; got a tensor of shape "
+                                   f"{tuple(value.shape)} and dtype {value.dtype}")
+        return int(value.item())
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        # numpy.bool_ is not Integral; numpy integers are.
+        raise IntegerTypeError(f"{name} must be an integer; got {value!r} "
+                               f"({type(value).__name__})")
+    return int(value)
+
+
+def check_step(t, name: str = "t", T: int | None = None) -> int:
+    """Validate one step index: an integer (see :func:`as_integer`) in 0..T; returns it as int.
+
+    Raises IntegerTypeError (a TypeError) for a non-integer and ValueError for one outside 0..T,
+    both naming ``name``.  The one step validator of smdlab: schedules, the exact engine and the
+    kernels all go through it.
+    """
+    t = as_integer(t, name)
+    if t < 0 or (T is not None and t > T):
+        upper = "" if T is None else f"..T={T}"
+        raise ValueError(f"step {name}={t} is outside 0{upper}")
+    return t
+
+
+def check_jump(t, s, T: int | None = None) -> tuple[int, int]:
+    """Validate a reverse jump t -> s: integers with 0 <= s < t <= T; returns (t, s) as ints."""
+    t, s = check_step(t, "t", T), check_step(s, "s", T)
+    if not s < t:
+        raise ValueError(f"need s < t for a jump t -> s; got t={t}, s={s}"
+                         + ("" if T is None else f" (0 <= s < t <= T={T})"))
+    return t, s
+
+
+def _check_real(value, name: str, low: float | None = None, high: float | None = None,
+                low_open: bool = True, high_open: bool = True) -> float:
+    """A finite real number within (low, high) (open or closed ends), as a Python float."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        if not (isinstance(value, torch.Tensor) and value.numel() == 1
+                and not value.dtype.is_complex and value.dtype != torch.bool):
+            raise TypeError(f"{name} must be a real number; got {value!r} ({type(value).__name__})")
+    v = float(value)
+    bad = not math.isfinite(v)
+    if low is not None:
+        bad = bad or (v <= low if low_open else v < low)
+    if high is not None:
+        bad = bad or (v >= high if high_open else v > high)
+    if bad:
+        lo = "-inf" if low is None else f"{low:g}"
+        hi = "inf" if high is None else f"{high:g}"
+        brackets = ("(" if low_open or low is None else "[") + lo + ", " + hi + \
+            (")" if high_open or high is None else "]")
+        raise ValueError(f"{name} must be a finite number in {brackets}; got {v!r}")
+    return v
 
 
 class NoiseSchedule:
@@ -63,7 +136,9 @@ class NoiseSchedule:
     @classmethod
     def linear(cls, T: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02):
         """DDPM's linear schedule (Ho et al. 2020): beta from beta_start to beta_end over T steps."""
-        _check_T(T)
+        T = _check_T(T)
+        beta_start = _check_real(beta_start, "beta_start", 0.0, 1.0)
+        beta_end = _check_real(beta_end, "beta_end", 0.0, 1.0)
         if T == 1:
             betas = torch.tensor([beta_end], dtype=torch.float64)
         else:
@@ -73,7 +148,9 @@ class NoiseSchedule:
     @classmethod
     def cosine(cls, T: int = 1000, offset: float = 0.008, max_beta: float = 0.999):
         """Cosine schedule (Nichol & Dhariwal 2021): abar(t) = f(t)/f(0), f = cos^2(pi/2 (t/T+s)/(1+s))."""
-        _check_T(T)
+        T = _check_T(T)
+        offset = _check_real(offset, "offset", 0.0, None, low_open=False)
+        max_beta = _check_real(max_beta, "max_beta", 0.0, 1.0)
         t = torch.arange(T + 1, dtype=torch.float64) / T
         f = torch.cos((t + offset) / (1 + offset) * math.pi / 2) ** 2
         abar = f / f[0]
@@ -84,10 +161,18 @@ class NoiseSchedule:
     def sigmoid(cls, T: int = 1000, start: float = -3.0, end: float = 3.0, tau: float = 1.0,
                 max_beta: float = 0.999):
         """Sigmoid schedule (Jabri et al. 2022): abar(t) follows a rescaled sigmoid from 1 to 0."""
-        _check_T(T)
+        T = _check_T(T)
+        start, end = _check_real(start, "start"), _check_real(end, "end")
+        tau = _check_real(tau, "tau", 0.0)
+        max_beta = _check_real(max_beta, "max_beta", 0.0, 1.0)
+        if not start < end:
+            raise ValueError(f"sigmoid schedule needs start < end; got start={start}, end={end}")
         t = torch.arange(T + 1, dtype=torch.float64) / T
         v_start = torch.sigmoid(torch.tensor(start / tau, dtype=torch.float64))
         v_end = torch.sigmoid(torch.tensor(end / tau, dtype=torch.float64))
+        if not (v_end - v_start).item() > 1e-12:
+            raise ValueError(f"sigmoid schedule: tau={tau} is too large for start={start}, "
+                             f"end={end} (the sigmoid is flat; abar would be 0/0)")
         abar = (v_end - torch.sigmoid((t * (end - start) + start) / tau)) / (v_end - v_start)
         betas = (1 - abar[1:] / abar[:-1]).clamp(min=1e-12, max=max_beta)
         return cls(betas, name=f"sigmoid(T={T})")
@@ -96,6 +181,8 @@ class NoiseSchedule:
     def from_name(cls, name: str, T: int = 1000) -> NoiseSchedule:
         """``"linear"``, ``"cosine"`` or ``"sigmoid"`` with T steps."""
         makers = {"linear": cls.linear, "cosine": cls.cosine, "sigmoid": cls.sigmoid}
+        if not isinstance(name, str):
+            raise TypeError(f"schedule name must be a string; got {name!r}")
         if name not in makers:
             raise ValueError(f"unknown schedule {name!r}; choose one of {sorted(makers)}")
         return makers[name](T)
@@ -123,15 +210,13 @@ class NoiseSchedule:
     # ------------------------------------------------------------------ helpers
     def jump(self, t: int, s: int) -> tuple[float, float, float, float]:
         """(abar_t, abar_s, 1 - abar_t, 1 - abar_s) as Python floats, validating 0 <= s < t <= T."""
-        t, s = int(t), int(s)
-        if not 0 <= s < t <= self.T:
-            raise ValueError(f"need 0 <= s < t <= T={self.T}; got t={t}, s={s}")
+        t, s = check_jump(t, s, self.T)
         return (self.alpha_bars[t].item(), self.alpha_bars[s].item(),
                 self.one_minus_alpha_bars[t].item(), self.one_minus_alpha_bars[s].item())
 
     def jump_beta(self, t: int, s: int) -> float:
         """1 - abar_t / abar_s: the variance of q(x_t | x_s) for the jump s -> t."""
-        self.jump(t, s)
+        t, s = check_jump(t, s, self.T)
         return -math.expm1(self.log_alpha_bars[t].item() - self.log_alpha_bars[s].item())
 
     def posterior_variance(self, t: int, s: int) -> float:
@@ -151,8 +236,7 @@ class NoiseSchedule:
             return self.jump_beta(t, s)
         if kind != "beta_tilde":
             raise ValueError(f"unknown kernel variance {kind!r}; choose 'beta_tilde' or 'beta'")
-        self.jump(t, s)
-        t, s = int(t), int(s)
+        t, s = check_jump(t, s, self.T)
         if s > 0:
             return self.posterior_variance(t, s)
         if t < self.T:
@@ -163,7 +247,7 @@ class NoiseSchedule:
 
     def root_step(self, t: int) -> int:
         """The root-schedule index of this schedule's step t."""
-        return int(self.original_steps[int(t)])
+        return int(self.original_steps[check_step(t, "t", self.T)])
 
     def is_respacing_of(self, other: NoiseSchedule) -> bool:
         """True when this schedule's steps are steps of ``other`` (same root abar)."""
@@ -179,16 +263,21 @@ class NoiseSchedule:
         return f"NoiseSchedule({self.name}, T={self.T}, abar_T={self.alpha_bars[-1].item():.3g})"
 
 
-def _check_T(T) -> None:
-    if not isinstance(T, int) or isinstance(T, bool) or T < 1:
-        raise ValueError(f"T must be a positive integer; got {T!r}")
+def _check_T(T, name: str = "T") -> int:
+    try:
+        T = as_integer(T, name)
+    except IntegerTypeError as e:
+        raise IntegerTypeError(f"{name} must be a positive integer; got {T!r} "
+                               f"({type(T).__name__})") from e
+    if T < 1:
+        raise ValueError(f"{name} must be a positive integer; got {T!r}")
+    return T
 
 
 def respaced_steps(T: int, S: int, spacing: str = "linspace") -> torch.Tensor:
     """Kept steps 0 = t_0 < t_1 < ... < t_S = T of an S-step sub-chain of a T-step chain."""
-    _check_T(T)
-    if not isinstance(S, int) or isinstance(S, bool):
-        raise ValueError(f"the number of steps S must be an integer; got {S!r}")
+    T = _check_T(T)
+    S = as_integer(S, "S (the number of steps)")
     if S < 1:
         raise ValueError(f"cannot respace to S={S} steps: need at least 1")
     if S > T:

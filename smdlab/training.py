@@ -14,12 +14,27 @@
   ``torch.optim.swa_utils.AveragedModel`` (buffers averaged too).
 * Periodic checkpoints ``run_dir/ckpt_<step>.pt`` written atomically (temporary name + rename),
   holding model, optimizer, scheduler, EMA, generator and RNG states, the data state and the loss
-  log.  A later call with the same ``run_dir`` resumes from the latest checkpoint automatically; the
-  resumed run is bitwise identical to an uninterrupted one on CPU.  Resuming with a different
-  config (``steps`` and ``progress`` may change) is a clear error; so is a corrupt checkpoint.
-  Checkpoints load with ``torch.load(weights_only=True)``.
+  log, and a SHA-256 checksum of all of it that is verified on every load: a flipped bit anywhere
+  in the file is a :class:`CheckpointError` naming the file, never a silently different run.
+  Orphan temporary files of a killed run are removed when the next run starts.  A later call
+  with the same ``run_dir`` resumes from the latest checkpoint automatically; the resumed run is
+  bitwise identical to an uninterrupted one on CPU.
+* What is compared on resume: every setting that changes the computation (the TrainConfig
+  fields except ``steps``, ``progress``, ``checkpoint_every``, ``keep_checkpoints`` and
+  ``log_every``), ``extra_config`` and ``data_fingerprint``.  A difference is a clear error.
+  Raising ``steps`` extends a finished run: 30 steps then 40 gives the weights of a straight
+  40-step run, bit for bit.  Checkpoints load with ``torch.load(weights_only=True)`` only.
+* Data a run trains on is identified by ``data_fingerprint``, e.g. ``fingerprint(images)``; any
+  other setting that changes training but is not a TrainConfig field (a flip augmentation, the
+  model's hyperparameters) goes in ``extra_config``::
+
+      train(model, loss, data, config, run_dir=run_dir,
+            extra_config={"flip": cfg.flip, "model": model_fields},
+            data_fingerprint=fingerprint(train_images))
+
 * A NaN/inf guard: a non-finite loss or gradient stops training with :class:`NonFiniteLossError`
-  naming the step and the last good checkpoint, which is never overwritten by bad weights.
+  naming the step and the last good checkpoint: the newest file whose checksum verifies at that
+  moment (never a corrupt one), which is never overwritten by bad weights.
 * ``run_dir/log.json``: the loss log (mean loss per ``log_every`` steps), written with each
   checkpoint.
 * For DistributedDataParallel: pass the wrapped model, ``rank`` (seeds differ per rank) and
@@ -31,8 +46,10 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
+import hashlib
 import io
 import math
+import pickle
 import re
 import time
 from collections.abc import Callable
@@ -47,8 +64,13 @@ from tqdm.auto import tqdm
 from .provenance import atomic_write_bytes, write_json
 
 CKPT_RE = re.compile(r"^ckpt_(\d+)\.pt$")
-# Config fields that may change between an interrupted run and its resumption.
-RESUMABLE_CHANGES = ("steps", "progress", "checkpoint_every", "keep_checkpoints")
+# Temporary files of atomic_write_bytes for checkpoints, EMA snapshots and the log
+# (".<name>.<random>.tmp").
+ORPHAN_RE = re.compile(r"^\.(ckpt_\d+\.pt|snap_\d+\.pt|log\.json)\..+\.tmp$")
+# Config fields that may change between an interrupted run and its resumption: none of them
+# changes the weights (log_every only groups the loss log; images derive it from steps).
+RESUMABLE_CHANGES = ("steps", "progress", "checkpoint_every", "keep_checkpoints", "log_every")
+CHECKPOINT_FORMAT = "smdlab-checkpoint/2"
 
 
 class NonFiniteLossError(RuntimeError):
@@ -145,31 +167,125 @@ def latest_checkpoint(run_dir) -> Path | None:
     return paths[-1] if paths else None
 
 
-def load_checkpoint(path, map_location="cpu") -> dict:
-    """Load a checkpoint (``weights_only=True``); a corrupt file is a :class:`CheckpointError`."""
-    path = Path(path)
+def _corrupt(path: Path, why: str) -> CheckpointError:
+    return CheckpointError(f"checkpoint {path} is corrupt or unreadable ({why}); delete it to "
+                           f"resume from an earlier one or start afresh")
+
+
+def _torch_load(source, path: Path, map_location):
     try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+        return torch.load(source, map_location=map_location, weights_only=True)
     except Exception as e:  # noqa: BLE001 - any failure to unpickle means the file is unusable
-        raise CheckpointError(f"checkpoint {path} is corrupt or unreadable "
-                              f"({type(e).__name__}: {e}); delete it to resume from an earlier "
-                              f"one or start afresh") from e
+        # torch's message for a refused object advises loading with weights_only=False: never
+        # pass that on (it would run whatever code the file names); say what was refused.
+        if isinstance(e, pickle.UnpicklingError):
+            why = ("it holds objects other than tensors and plain Python data, which smdlab "
+                   "never unpickles")
+        else:
+            first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+            why = f"{type(e).__name__}: {first[:200]}"
+        raise _corrupt(path, why) from None
+
+
+def load_checkpoint(path, map_location="cpu") -> dict:
+    """Load and verify a checkpoint; a corrupt or unverifiable file is a :class:`CheckpointError`.
+
+    The file is an envelope ``{"format", "sha256", "payload"}`` whose payload (a uint8 tensor) is
+    the ``torch.save`` bytes of the state; the SHA-256 of the payload must match before it is
+    unpickled (``weights_only=True`` both times).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    outer = _torch_load(path, path, "cpu")
+    if not isinstance(outer, dict) or outer.get("format") != CHECKPOINT_FORMAT:
+        if isinstance(outer, dict) and {"step", "model", "config"} <= set(outer):
+            raise CheckpointError(f"checkpoint {path} was written without a checksum (an older "
+                                  f"smdlab) and cannot be verified; delete it (or its run folder) "
+                                  f"to retrain")
+        raise CheckpointError(f"checkpoint {path} is not an smdlab training checkpoint")
+    payload, digest = outer.get("payload"), outer.get("sha256")
+    if not isinstance(payload, torch.Tensor) or payload.dtype != torch.uint8 or \
+            not isinstance(digest, str):
+        raise _corrupt(path, "malformed envelope")
+    data = payload.numpy().tobytes()
+    if hashlib.sha256(data).hexdigest() != digest:
+        raise _corrupt(path, "checksum mismatch: the stored tensors or state changed after "
+                             "they were written")
+    ckpt = _torch_load(io.BytesIO(data), path, map_location)
     if not isinstance(ckpt, dict) or not {"step", "model", "config"} <= set(ckpt):
         raise CheckpointError(f"checkpoint {path} is not an smdlab training checkpoint")
     return ckpt
 
 
+def verify_checkpoint(path) -> bool:
+    """True when ``path`` loads and its checksum matches (see :func:`load_checkpoint`)."""
+    try:
+        load_checkpoint(path)
+    except CheckpointError:
+        return False
+    return True
+
+
 def save_checkpoint(path, state: dict) -> Path:
+    """Write ``state`` atomically inside a checksummed envelope (see :func:`load_checkpoint`)."""
     buf = io.BytesIO()
     torch.save(state, buf)
-    return atomic_write_bytes(path, buf.getvalue())
+    data = buf.getvalue()
+    envelope = {"format": CHECKPOINT_FORMAT, "sha256": hashlib.sha256(data).hexdigest(),
+                "payload": torch.frombuffer(bytearray(data), dtype=torch.uint8)}
+    out = io.BytesIO()
+    torch.save(envelope, out)
+    return atomic_write_bytes(path, out.getvalue())
 
 
-def _config_dict(config: TrainConfig, extra: dict | None) -> dict:
+def clean_orphans(run_dir) -> list[Path]:
+    """Remove temporary checkpoint/log files a killed run left in run_dir; returns them."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        return []
+    removed = [p for p in run_dir.iterdir() if ORPHAN_RE.match(p.name) and p.is_file()]
+    for p in removed:
+        p.unlink(missing_ok=True)
+    return removed
+
+
+def fingerprint(*arrays) -> str:
+    """A SHA-256 fingerprint of tensors or numpy arrays (dtype, shape and every value).
+
+    Pass it to :func:`train` as ``data_fingerprint`` so that a run resumed on different data (a
+    folder with the same name and count but other pixels) is an error, not a silent mix.
+    ``None`` entries (e.g. missing labels) are allowed and hashed as such.
+    """
+    import numpy as np
+
+    h = hashlib.sha256()
+    for a in arrays:
+        if a is None:
+            h.update(b"none;")
+            continue
+        if isinstance(a, torch.Tensor):
+            a = a.detach().cpu().contiguous()
+            header = f"torch;{a.dtype};{tuple(a.shape)};"
+            data = a.reshape(-1).view(torch.uint8).numpy()
+        elif isinstance(a, np.ndarray) and a.dtype != object:
+            header = f"numpy;{a.dtype};{a.shape};"
+            data = np.ascontiguousarray(a).reshape(-1).view(np.uint8)
+        else:
+            raise TypeError(f"fingerprint takes tensors or numeric numpy arrays; got "
+                            f"{type(a).__name__}")
+        h.update(header.encode())
+        h.update(memoryview(data))
+    return "sha256:" + h.hexdigest()
+
+
+def _config_dict(config: TrainConfig, extra: dict | None, data_fingerprint: str | None) -> dict:
     d = dataclasses.asdict(config)
     d["adam_betas"] = list(d["adam_betas"])
     if extra:
         d["extra"] = _plain(extra)
+    if data_fingerprint is not None:
+        d["data_fingerprint"] = str(data_fingerprint)
     return d
 
 
@@ -193,8 +309,8 @@ def _config_mismatch(saved: dict, current: dict) -> list[str]:
 # ---------------------------------------------------------------------------- the loop
 def train(model: nn.Module, loss_fn: Callable, data, config: TrainConfig, *,
           run_dir=None, device=None, rank: int = 0, is_main_process: bool = True,
-          extra_config: dict | None = None, callback: Callable | None = None,
-          desc: str = "train") -> TrainResult:
+          extra_config: dict | None = None, data_fingerprint: str | None = None,
+          callback: Callable | None = None, desc: str = "train") -> TrainResult:
     """Train ``model`` for ``config.steps`` optimizer steps (resuming from run_dir if possible).
 
     Args:
@@ -206,8 +322,11 @@ def train(model: nn.Module, loss_fn: Callable, data, config: TrainConfig, *,
         run_dir: folder for checkpoints and log.json (None: nothing is written, no resume).
         device: where the model and generator live (default: the model's device).
         rank: process rank (offsets the seed); is_main_process: only then are files written.
-        extra_config: anything else defining the run (model and loss hyperparameters); stored in
-            checkpoints and compared on resume.
+        extra_config: every other setting that changes training (model and loss
+            hyperparameters, augmentations such as a flip flag); stored in checkpoints and
+            compared on resume.
+        data_fingerprint: identifies the training data (:func:`fingerprint` of the loaded
+            tensor); stored and compared on resume like extra_config.
         callback: called as ``callback(step, model, ema)`` after every optimizer step; it may
             raise (e.g. KeyboardInterrupt) to stop training, checkpoints already written stay.
         desc: the progress bar's label.
@@ -217,8 +336,17 @@ def train(model: nn.Module, loss_fn: Callable, data, config: TrainConfig, *,
         p = next(base.parameters(), None)
         device = p.device if p is not None else torch.device("cpu")
     device = torch.device(device)
-    cfg = _config_dict(config, extra_config)
+    if not isinstance(config, TrainConfig):
+        raise TypeError(f"config must be a TrainConfig; got {type(config).__name__}")
+    if extra_config is not None and not isinstance(extra_config, dict):
+        raise TypeError(f"extra_config must be a dict or None; got {type(extra_config).__name__}")
+    if data_fingerprint is not None and not isinstance(data_fingerprint, str):
+        raise TypeError(f"data_fingerprint must be a string (see fingerprint()); got "
+                        f"{type(data_fingerprint).__name__}")
+    cfg = _config_dict(config, extra_config, data_fingerprint)
     run_dir = Path(run_dir) if run_dir is not None else None
+    if run_dir is not None and is_main_process:
+        clean_orphans(run_dir)
 
     torch.manual_seed(config.seed + rank)
     gen = torch.Generator(device=device).manual_seed(config.seed + rank)
@@ -233,15 +361,20 @@ def train(model: nn.Module, loss_fn: Callable, data, config: TrainConfig, *,
     pending_metrics: dict[str, list[float]] = {}
     step = 0
     resumed_from = 0
-    last_good: Path | None = None
 
     ckpt_path = latest_checkpoint(run_dir) if run_dir is not None else None
     if ckpt_path is not None:
         ckpt = load_checkpoint(ckpt_path, map_location=device)
         bad = _config_mismatch(ckpt["config"], cfg)
         if bad:
-            raise CheckpointError(f"cannot resume from {ckpt_path}: the config differs "
+            note = " (the training data differ)" if any(b.startswith("data_fingerprint")
+                                                        for b in bad) else ""
+            raise CheckpointError(f"cannot resume from {ckpt_path}: the config differs{note} "
                                   f"({'; '.join(bad)}); use another run_dir or the same config")
+        if int(ckpt["step"]) > config.steps:
+            raise CheckpointError(f"cannot resume from {ckpt_path}: it is at step {ckpt['step']}, "
+                                  f"beyond steps={config.steps}; use another run_dir or "
+                                  f"steps >= {ckpt['step']}")
         base.load_state_dict(ckpt["model"])
         opt.load_state_dict(ckpt["optimizer"])
         sched.load_state_dict(ckpt["scheduler"])
@@ -257,10 +390,8 @@ def train(model: nn.Module, loss_fn: Callable, data, config: TrainConfig, *,
         pending = list(ckpt["pending"])
         pending_metrics = {k: list(v) for k, v in ckpt.get("pending_metrics", {}).items()}
         step = resumed_from = int(ckpt["step"])
-        last_good = ckpt_path
 
     def write(step_now: int):
-        nonlocal last_good
         if run_dir is None or not is_main_process:
             return
         state = {
@@ -272,7 +403,7 @@ def train(model: nn.Module, loss_fn: Callable, data, config: TrainConfig, *,
             "data": data.state_dict() if hasattr(data, "state_dict") else None,
             "log": log, "pending": pending, "pending_metrics": pending_metrics,
         }
-        last_good = save_checkpoint(run_dir / f"ckpt_{step_now:08d}.pt", state)
+        save_checkpoint(run_dir / f"ckpt_{step_now:08d}.pt", state)
         for old in checkpoint_paths(run_dir)[:-config.keep_checkpoints]:
             old.unlink(missing_ok=True)
         write_json(run_dir / "log.json", {"config": cfg, "step": step_now, "log": log})
@@ -292,7 +423,7 @@ def train(model: nn.Module, loss_fn: Callable, data, config: TrainConfig, *,
             loss, metrics = out if isinstance(out, tuple) else (out, {})
             loss_value = float(loss.detach())
             if not math.isfinite(loss_value):
-                _non_finite(f"loss is {loss_value}", step, last_good)
+                _non_finite(f"loss is {loss_value}", step, run_dir)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             params = [p for p in opt.param_groups[0]["params"] if p.grad is not None]
@@ -303,7 +434,7 @@ def train(model: nn.Module, loss_fn: Callable, data, config: TrainConfig, *,
                     torch.stack([torch.linalg.vector_norm(p.grad) for p in params]))) \
                     if params else 0.0
             if not math.isfinite(gnorm):
-                _non_finite(f"gradient norm is {gnorm}", step, last_good)
+                _non_finite(f"gradient norm is {gnorm}", step, run_dir)
             opt.step()
             sched.step()
             ema.update_parameters(base)
@@ -334,9 +465,26 @@ def train(model: nn.Module, loss_fn: Callable, data, config: TrainConfig, *,
                        (step - resumed_from) / seconds if seconds > 0 else float("nan"))
 
 
-def _non_finite(what: str, step: int, last_good: Path | None):
-    where = f"the last good checkpoint is {last_good}" if last_good else \
-        "no checkpoint was written before it"
+def last_good_checkpoint(run_dir) -> Path | None:
+    """The newest checkpoint in run_dir whose checksum verifies now (None if there is none)."""
+    if run_dir is None:
+        return None
+    for path in reversed(checkpoint_paths(run_dir)):
+        if verify_checkpoint(path):
+            return path
+    return None
+
+
+def _non_finite(what: str, step: int, run_dir: Path | None):
+    # Verified at the moment of failure: a file corrupted on disk since it was written is never
+    # named as good.
+    good = last_good_checkpoint(run_dir)
+    if good is not None:
+        where = f"the last good (verified) checkpoint is {good}"
+    elif run_dir is not None and checkpoint_paths(run_dir):
+        where = f"no checkpoint in {run_dir} verifies (all are corrupt)"
+    else:
+        where = "no checkpoint was written before it"
     raise NonFiniteLossError(f"training stopped at step {step + 1}: {what}; {where} "
                              f"(lower the learning rate, or clip gradients)")
 

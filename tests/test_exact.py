@@ -234,3 +234,29 @@ def test_axis_aligned_paths_agree_with_the_full_covariance_path(D):
     torch.testing.assert_close(a.log_prob(x_s), b.log_prob(x_s), rtol=1e-10, atol=1e-10)
     torch.testing.assert_close(a.weights, b.weights, rtol=1e-10, atol=1e-12)
     torch.testing.assert_close(a.mean(), b.mean(), rtol=1e-10, atol=1e-12)
+
+
+def test_exact_engine_validates_steps_and_points():
+    import numpy as np
+
+    m, sched = GaussianMixture.grid(2), NoiseSchedule.linear(100)
+    x = torch.zeros(3, 2, dtype=torch.float64)
+    for bad in (2.7, "5", True):
+        with pytest.raises(TypeError, match="t must be an integer"):
+            posterior(m, sched, x, bad)
+    with pytest.raises(TypeError, match="s must be an integer"):
+        posterior(m, sched, x, 5, 1.5)
+    ref = posterior(m, sched, x, 5, 2)
+    got = posterior(m, sched, x, np.int64(5), torch.tensor(2))
+    assert torch.equal(ref.log_weights, got.log_weights)
+    for bad in (float("nan"), float("inf"), -float("inf")):
+        y = x.clone()
+        y[1, 0] = bad
+        with pytest.raises(ValueError, match="x_t must be finite"):
+            posterior(m, sched, y, 5)
+        with pytest.raises(ValueError, match="x must be finite"):
+            ref.log_prob(y)
+    with pytest.raises(TypeError, match="mixture must be a GaussianMixture"):
+        posterior("grid", sched, x, 5)
+    with pytest.raises(TypeError, match="schedule must be a NoiseSchedule"):
+        posterior(m, 100, x, 5)

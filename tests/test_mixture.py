@@ -98,3 +98,73 @@ def test_invalid_mixtures_raise_clear_errors(args, match):
 def test_wrong_point_dimension_raises():
     with pytest.raises(ValueError, match="last dimension D=2"):
         GaussianMixture.grid().log_prob(torch.zeros(5, 3))
+
+
+# ---------------------------------------------------------------------------- issue 9 validation
+def test_square_covariances_need_an_explicit_convention():
+    w, mu = [0.5, 0.5], [[0.0, 0.0], [1.0, 1.0]]
+    shared = torch.tensor([[1.0, 0.3], [0.3, 1.0]])     # one (D, D) matrix meant for both
+    with pytest.raises(ValueError, match="ambiguous"):
+        GaussianMixture(w, mu, shared)
+    diag = GaussianMixture(w, mu, shared, covariance_type="diagonal")
+    assert diag.kind == "diagonal" and torch.allclose(diag.eigvals[1], torch.tensor(
+        [0.3, 1.0], dtype=torch.float64))
+    full = GaussianMixture(w, mu, shared.expand(2, 2, 2), covariance_type="full")
+    assert torch.allclose(full.covariances[0], shared.double())
+    with pytest.raises(ValueError, match="covariance_type='full' must have shape"):
+        GaussianMixture(w, mu, shared, covariance_type="full")
+    with pytest.raises(ValueError, match="unknown covariance_type"):
+        GaussianMixture(w, mu, shared, covariance_type="shared")
+    # a non-symmetric square array can only be K diagonals: read as such
+    assert GaussianMixture(w, mu, [[0.5, 0.5], [0.2, 0.2]]).kind == "diagonal"
+    # derived mixtures keep their convention (a diffused K = D diagonal mixture)
+    from smdlab import NoiseSchedule, marginal
+    assert marginal(diag, NoiseSchedule.linear(10), 5).kind == "diagonal"
+    assert diag.to(dtype=torch.float32).kind == "diagonal"
+
+
+def test_symmetry_is_judged_per_component():
+    big = torch.eye(2) * 1e4
+    small = torch.tensor([[1e-3, 1e-4], [0.0, 1e-3]])   # 10 % asymmetric, tiny next to big
+    with pytest.raises(ValueError, match="component 1"):
+        GaussianMixture([0.5, 0.5], [[0, 0], [1, 1]], torch.stack([big, small]))
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(G=2.5), "G must be an integer"), (dict(G=0), "G >= 1"), (dict(G="3"), "G must be"),
+    (dict(G=3, std=0.0), "std"), (dict(G=3, spacing=float("inf")), "spacing"),
+])
+def test_grid_arguments(kwargs, match):
+    with pytest.raises((TypeError, ValueError), match=match):
+        GaussianMixture.grid(**kwargs)
+
+
+def test_random_and_limits():
+    from smdlab.mixture import ExtremeValueError, value_limits
+
+    with pytest.raises(ValueError, match="unknown kind 'bogus'"):
+        GaussianMixture.random(2, 2, kind="bogus")
+    with pytest.raises(ValueError, match="D >= 1"):
+        GaussianMixture.random(2, 0)
+    with pytest.raises(ValueError, match="min_var <= max_var"):
+        GaussianMixture.random(2, 2, min_var=0.5, max_var=0.1)
+    L, vmin, vmax = value_limits(torch.float64)
+    assert 1e60 < L < 1e62 and vmin == L ** -2 and vmax == L ** 2
+    GaussianMixture([1.0], [[0.9 * L]], [1.0])          # inside the range: fine
+    with pytest.raises(ExtremeValueError, match="means"):
+        GaussianMixture([1.0], [[1.1 * L]], [1.0])
+    with pytest.raises(ExtremeValueError, match="covariances"):
+        GaussianMixture([1.0], [[0.0]], [vmin / 2])
+    with pytest.raises(TypeError, match="dtype"):
+        GaussianMixture([1.0], [[0.0]], [1.0], dtype=torch.int64)
+    assert issubclass(ExtremeValueError, OverflowError) and issubclass(ExtremeValueError, ValueError)
+
+
+def test_sample_counts():
+    m = GaussianMixture.grid(2)
+    x, k = m.sample(0, return_components=True)
+    assert x.shape == (0, 2) and k.shape == (0,)
+    assert m.sample(np.int64(3)).shape == (3, 2)
+    for bad in (-1, 2.5, "4"):
+        with pytest.raises((TypeError, ValueError), match="n must be"):
+            m.sample(bad)

@@ -99,3 +99,43 @@ def test_jump_quantities():
     assert math.isclose(s.posterior_variance(1, 0), 0.0, abs_tol=1e-300)
     with pytest.raises(ValueError):
         s.jump_beta(200, 500)
+
+
+# ---------------------------------------------------------------------------- the step validator
+@pytest.mark.parametrize("bad", [2.7, 3.0, "5", True, None, torch.tensor(2.0), torch.tensor([1, 2])])
+def test_check_step_rejects_non_integers_naming_the_parameter(bad):
+    from smdlab.schedules import check_step
+
+    with pytest.raises(TypeError, match="my_step must be an integer"):
+        check_step(bad, "my_step", 10)
+
+
+def test_check_step_and_jump_accept_integer_scalars_and_check_ranges():
+    import numpy as np
+
+    from smdlab.schedules import check_jump, check_step
+
+    for t in (7, np.int64(7), np.int16(7), torch.tensor(7)):
+        assert check_step(t, "t", 10) == 7 and type(check_step(t, "t", 10)) is int
+    with pytest.raises(ValueError, match=r"step t=11 is outside 0\.\.T=10"):
+        check_step(11, "t", 10)
+    with pytest.raises(ValueError, match="s=-1"):
+        check_jump(3, -1, 10)
+    with pytest.raises(ValueError, match="need s < t"):
+        check_jump(3, 3, 10)
+    s = NoiseSchedule.linear(50)
+    with pytest.raises(TypeError, match=r"\bs must be an integer"):
+        s.jump_beta(10, 2.5)
+    with pytest.raises(TypeError, match=r"\bt must be an integer"):
+        s.root_step("3")
+    assert s.kernel_variance(np.int64(10), torch.tensor(0)) == s.kernel_variance(10, 0)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(tau=0), "tau"), (dict(tau=-1.0), "tau"), (dict(tau=float("nan")), "tau"),
+    (dict(start=3.0, end=-3.0), "start < end"), (dict(max_beta=1.0), "max_beta"),
+    (dict(tau=1e30), "tau"),
+])
+def test_sigmoid_parameters_are_validated(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        NoiseSchedule.sigmoid(20, **kwargs)

@@ -161,3 +161,177 @@ def test_bad_config_values():
         TrainConfig(lr=0)
     with pytest.raises(ValueError, match="ema_decay"):
         TrainConfig(ema_decay=1.0)
+
+
+# ---------------------------------------------------------------------------- checksums (issue 9)
+def _flip(path, offset, bit=0):
+    raw = bytearray(path.read_bytes())
+    raw[offset] ^= 1 << bit
+    path.write_bytes(bytes(raw))
+
+
+def _payload_span(path):
+    """(start, end) of the checksummed payload (the inner torch.save bytes) inside the file."""
+    import io
+
+    raw = path.read_bytes()
+    outer = torch.load(io.BytesIO(raw), weights_only=True)
+    inner = outer["payload"].numpy().tobytes()
+    start = raw.find(inner)
+    assert start > 0
+    return start, start + len(inner), inner
+
+
+def test_bit_flips_in_a_checkpoint_are_detected(tmp_path):
+    import io
+
+    train(_model(), _loss, _data, TrainConfig(steps=6, checkpoint_every=3, seed=2), run_dir=tmp_path)
+    path = latest_checkpoint(tmp_path)
+    good = path.read_bytes()
+    start, end, inner = _payload_span(path)
+    # where the model's tensors are stored inside the payload: every byte of them must matter
+    state = torch.load(io.BytesIO(inner), weights_only=True)
+    w = state["model"]["0.weight"].numpy().tobytes()
+    w_at = inner.find(w)
+    assert w_at > 0
+    offsets = [start, start + 100, w_at + start, w_at + start + len(w) // 2,
+               w_at + start + len(w) - 1, (start + end) // 2, end - 1]
+    for k, off in enumerate(offsets):
+        path.write_bytes(good)
+        _flip(path, off, bit=k % 8)
+        with pytest.raises(CheckpointError, match=str(path).replace("\\", "\\\\")):
+            load_checkpoint(path)
+        with pytest.raises(CheckpointError, match="corrupt"):
+            train(_model(), _loss, _data, TrainConfig(steps=9, checkpoint_every=3, seed=2),
+                  run_dir=tmp_path)
+    # a flip anywhere in the file: a clear error, or (zip padding, unused header fields) a state
+    # identical to the stored one; never a silently different checkpoint
+    path.write_bytes(good)
+    ref = load_checkpoint(path)
+    for off in range(0, len(good), max(1, len(good) // 60)):
+        path.write_bytes(good)
+        _flip(path, off, bit=off % 8)
+        try:
+            got = load_checkpoint(path)
+        except CheckpointError as e:
+            assert str(path) in str(e) and "weights_only=False" not in str(e)
+            continue
+        for key in ("model", "ema"):
+            for name, t in ref[key].items():
+                assert torch.equal(t, got[key][name]), (off, key, name)
+        assert got["step"] == ref["step"] and got["config"] == ref["config"]
+
+
+def test_unverifiable_or_foreign_files_are_refused(tmp_path):
+    legacy = tmp_path / "ckpt_00000001.pt"
+    torch.save({"step": 1, "model": {}, "config": {}}, legacy)
+    with pytest.raises(CheckpointError, match="without a checksum"):
+        load_checkpoint(legacy)
+    torch.save({"weights": torch.zeros(3)}, legacy)
+    with pytest.raises(CheckpointError, match="not an smdlab training checkpoint"):
+        load_checkpoint(legacy)
+    with pytest.raises(CheckpointError, match="does not exist"):
+        load_checkpoint(tmp_path / "absent.pt")
+
+
+def test_nan_guard_never_names_a_corrupt_checkpoint(tmp_path):
+    calls = {"n": 0}
+
+    def loss(model, batch, gen):
+        calls["n"] += 1
+        x, y = batch
+        out = ((model(x) - y) ** 2).mean()
+        return out * float("nan") if calls["n"] == 12 else out
+
+    def corrupt_latest(step, model, ema):
+        if step == 11:   # the step-10 checkpoint is damaged on disk after it was written
+            path = latest_checkpoint(tmp_path)
+            assert path.name == "ckpt_00000010.pt"
+            start, end, _ = _payload_span(path)
+            _flip(path, (start + end) // 2)
+
+    cfg = TrainConfig(steps=20, checkpoint_every=5, seed=1)
+    with pytest.raises(NonFiniteLossError, match=r"step 12.*verified\) checkpoint is .*ckpt_00000005"):
+        train(_model(), loss, _data, cfg, run_dir=tmp_path, callback=corrupt_latest)
+
+
+def test_orphan_temporary_files_are_removed(tmp_path):
+    tmp_path.mkdir(exist_ok=True)
+    orphans = [tmp_path / ".ckpt_00000004.pt.k2j4h5.tmp", tmp_path / ".log.json.x8d.tmp",
+               tmp_path / ".snap_00000002.pt.a1b2.tmp"]
+    for p in orphans:
+        p.write_bytes(b"half a checkpoint")
+    keep = tmp_path / "notes.tmp"
+    keep.write_text("not ours")
+    train(_model(), _loss, _data, TrainConfig(steps=2), run_dir=tmp_path)
+    assert not any(p.exists() for p in orphans) and keep.exists()
+
+
+def _derived(steps):
+    # like the image experiment: log_every is derived from steps, so it changes when a run is
+    # extended; it must not block the extension
+    return TrainConfig(steps=steps, lr=3e-3, seed=7, warmup_steps=5, ema_decay=0.9,
+                       log_every=max(1, steps // 10), checkpoint_every=0)
+
+
+def test_extending_a_finished_run_equals_a_straight_run(tmp_path):
+    straight = train(_model(), _loss, _data, _derived(40), run_dir=tmp_path / "a")
+    first = train(_model(), _loss, _data, _derived(30), run_dir=tmp_path / "b")
+    assert first.step == 30
+    ext = train(_model(), _loss, _data, _derived(40), run_dir=tmp_path / "b")
+    assert ext.resumed_from == 30 and ext.step == 40
+    for key in ("model", "ema"):
+        a, b = getattr(straight, key).state_dict(), getattr(ext, key).state_dict()
+        for name in a:
+            assert torch.equal(a[name], b[name]), (key, name)
+    # going back below the checkpoint's step is refused, not a silent 40-step model
+    with pytest.raises(CheckpointError, match="beyond steps=20"):
+        train(_model(), _loss, _data, _derived(20), run_dir=tmp_path / "b")
+
+
+def test_data_fingerprint_and_extra_settings_are_compared_on_resume(tmp_path):
+    from smdlab.training import fingerprint
+
+    x = torch.linspace(-1, 1, 48).reshape(3, 16)
+    fp = fingerprint(x)
+    assert fp == fingerprint(x.clone()) and fp.startswith("sha256:")
+    y = x.clone()
+    y[1, 3] += 1e-6
+    assert fingerprint(y) != fp
+    assert fingerprint(x.double()) != fp             # dtype is part of the data
+    assert fingerprint(x.reshape(16, 3)) != fp       # and so is the shape
+    assert fingerprint(x.numpy()) == fingerprint(x.numpy().copy())
+    with pytest.raises(TypeError, match="fingerprint"):
+        fingerprint([1, 2, 3])
+    cfg = TrainConfig(steps=3)
+    train(_model(), _loss, _data, cfg, run_dir=tmp_path, extra_config={"flip": False},
+          data_fingerprint=fp)
+    with pytest.raises(CheckpointError, match="training data differ"):
+        train(_model(), _loss, _data, TrainConfig(steps=6), run_dir=tmp_path,
+              extra_config={"flip": False}, data_fingerprint=fingerprint(y))
+    with pytest.raises(CheckpointError, match="flip"):
+        train(_model(), _loss, _data, TrainConfig(steps=6), run_dir=tmp_path,
+              extra_config={"flip": True}, data_fingerprint=fp)
+    with pytest.raises(CheckpointError, match="data_fingerprint"):   # fingerprint now missing
+        train(_model(), _loss, _data, TrainConfig(steps=6), run_dir=tmp_path,
+              extra_config={"flip": False})
+    with pytest.raises(TypeError, match="data_fingerprint"):
+        train(_model(), _loss, _data, cfg, data_fingerprint=123)
+    res = train(_model(), _loss, _data, TrainConfig(steps=6), run_dir=tmp_path,
+                extra_config={"flip": False}, data_fingerprint=fp)
+    assert res.resumed_from == 3 and res.step == 6
+    saved = load_checkpoint(latest_checkpoint(tmp_path))["config"]
+    assert saved["data_fingerprint"] == fp and saved["extra"] == {"flip": False}
+
+
+def test_refused_objects_never_suggest_unsafe_loading(tmp_path):
+    import fractions
+
+    path = tmp_path / "ckpt_00000001.pt"
+    # an object torch's safe loader refuses (any class outside its allow-list)
+    torch.save({"step": 1, "model": fractions.Fraction(1, 3), "config": {}}, path)
+    with pytest.raises(CheckpointError) as err:
+        load_checkpoint(path)
+    msg = str(err.value)
+    assert str(path) in msg and "never unpickles" in msg
+    assert "weights_only" not in msg and "can still be loaded" not in msg

@@ -15,14 +15,26 @@ Every reader returns an :class:`ImageData` with images as a float32 tensor (N, C
   (sorted folder names), otherwise no labels.  Unreadable files are skipped and counted.
 
 Bad data gives a clear ``ValueError`` (or ``FileNotFoundError`` for a missing path) naming the file
-and the problem: a truncated or corrupt IDX / pickle file, mixed image sizes without a target
-size, an empty folder.
+and the problem: a truncated or corrupt IDX / pickle file, an IDX header declaring more data than
+the file holds or than ``MAX_DECOMPRESSED_BYTES``, a gzip bomb (decompression stops at that cap),
+labels that are negative, fractional or out of range, empty (0 x 0) images, pixels outside
+0..255 or not integers, mixed image sizes without a target size, an empty folder.  Images that
+reach an :class:`ImageData` are finite and in [-1, 1] (checked there, before any training).
+
+CIFAR-10 batches are pickles, and unpickling runs code named in the file.  They are read by
+:class:`RestrictedUnpickler`, which admits only what a CIFAR batch holds (dicts, lists, bytes,
+str, numbers, and numpy arrays through numpy's own reconstruction functions); any other global a
+file names (``os.system``, ``builtins.open``, ...) is refused before it is called, wherever in the
+file it hides.
 """
 
 from __future__ import annotations
 
 import gzip
+import io
+import math
 import pickle
+import warnings
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +52,11 @@ FASHION_MNIST_CLASSES = ("t-shirt", "trouser", "pullover", "dress", "coat", "san
                          "sneaker", "bag", "ankle boot")
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship",
                    "truck")
+# Largest file (after gunzip) a reader accepts: Fashion-MNIST's largest is 47 MB, a CIFAR batch 31 MB.
+MAX_DECOMPRESSED_BYTES = 1 << 30
+# Largest image (pixels) the folder reader decodes; bigger ones are skipped like unreadable files
+# (PIL's own decompression-bomb limit is about 89 M pixels and aborts with an exception).
+MAX_IMAGE_PIXELS = 1 << 25
 
 
 @dataclass
@@ -58,13 +75,31 @@ class ImageData:
     skipped: int = 0
 
     def __post_init__(self):
-        if self.images.ndim != 4:
-            raise ValueError(f"images must be (N, C, H, W); got shape {tuple(self.images.shape)}")
-        if self.images.shape[0] == 0:
+        x = self.images
+        if not isinstance(x, torch.Tensor) or not x.dtype.is_floating_point:
+            raise TypeError(f"{self.name}: images must be a floating-point tensor (N, C, H, W)")
+        if x.ndim != 4:
+            raise ValueError(f"images must be (N, C, H, W); got shape {tuple(x.shape)}")
+        if x.shape[0] == 0:
             raise ValueError(f"{self.name}: no images")
-        if self.labels is not None and self.labels.shape != (self.images.shape[0],):
-            raise ValueError(f"{self.name}: {self.labels.shape[0]} labels for "
-                             f"{self.images.shape[0]} images")
+        if min(x.shape[1:]) < 1:
+            raise ValueError(f"{self.name}: empty images of shape {tuple(x.shape[1:])}")
+        if not torch.isfinite(x).all():
+            bad = int((~torch.isfinite(x)).flatten(1).any(1).sum())
+            raise ValueError(f"{self.name}: {bad} images hold NaN or inf pixels")
+        lo, hi = x.min().item(), x.max().item()
+        if lo < -1 - 1e-5 or hi > 1 + 1e-5:
+            raise ValueError(f"{self.name}: pixels must lie in [-1, 1]; got {lo:.4g} .. {hi:.4g}")
+        if self.labels is not None:
+            y = self.labels
+            if not isinstance(y, torch.Tensor) or y.dtype.is_floating_point or y.dtype == torch.bool:
+                raise TypeError(f"{self.name}: labels must be an integer tensor (N,)")
+            if y.shape != (x.shape[0],):
+                raise ValueError(f"{self.name}: {y.shape[0] if y.ndim else 0} labels for "
+                                 f"{x.shape[0]} images")
+            if y.numel() and (y.min() < 0 or (self.class_names and y.max() >= len(self.class_names))):
+                raise ValueError(f"{self.name}: labels must lie in 0..{len(self.class_names) - 1}; "
+                                 f"got {int(y.min())} .. {int(y.max())}")
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -77,6 +112,14 @@ class ImageData:
 
     def __len__(self) -> int:
         return self.images.shape[0]
+
+    def require(self, n: int, purpose: str = "this run") -> ImageData:
+        """Return self if it holds at least n images, else a ValueError saying what needs them.
+
+        Call it before training: a metric that needs n images (a Fréchet distance with n
+        samples, a classifier's test split) must fail at once, not after hours of training.
+        """
+        return check_min_images(self, n, purpose)
 
     def subset(self, n: int | None, generator: torch.Generator | None = None) -> ImageData:
         """A random subset of n images (all of them, in order, when n is None or >= N)."""
@@ -127,18 +170,41 @@ def random_hflip(x: torch.Tensor, generator: torch.Generator | None = None,
 
 
 # ---------------------------------------------------------------------------- readers
-def _read_bytes(path: Path) -> bytes:
-    """The file's bytes, gunzipped when it starts with the gzip magic number."""
+def _read_bytes(path: Path, max_bytes: int | None = None) -> bytes:
+    """The file's bytes, gunzipped when it starts with the gzip magic number.
+
+    At most ``max_bytes`` (default MAX_DECOMPRESSED_BYTES) come back: a larger file, or a gzip
+    stream that would inflate beyond it (a gzip bomb), is a ValueError, found without ever
+    holding more than the cap in memory.
+    """
     path = Path(path)
+    cap = MAX_DECOMPRESSED_BYTES if max_bytes is None else max_bytes
     if not path.exists():
         raise FileNotFoundError(f"no such file: {path}")
-    raw = path.read_bytes()
-    if raw[:2] == b"\x1f\x8b":
-        try:
-            return gzip.decompress(raw)
-        except (EOFError, OSError, zlib.error) as e:
-            raise ValueError(f"{path}: corrupt or truncated gzip file ({e})") from e
-    return raw
+    if not path.is_file():
+        raise ValueError(f"{path}: not a regular file")
+    with open(path, "rb") as f:
+        magic = f.read(2)
+    if magic != b"\x1f\x8b":
+        size = path.stat().st_size
+        if size > cap:
+            raise ValueError(f"{path}: {size} bytes exceed the {cap}-byte limit "
+                             f"(MAX_DECOMPRESSED_BYTES)")
+        return path.read_bytes()
+    out = bytearray()
+    try:
+        with gzip.open(path, "rb") as g:
+            while True:
+                chunk = g.read(min(1 << 20, cap + 1 - len(out)))
+                if not chunk:
+                    break
+                out += chunk
+                if len(out) > cap:
+                    raise ValueError(f"{path}: gzip data inflate beyond the {cap}-byte limit "
+                                     f"(MAX_DECOMPRESSED_BYTES): a gzip bomb or not a dataset file")
+    except (EOFError, OSError, zlib.error) as e:
+        raise ValueError(f"{path}: corrupt or truncated gzip file ({e})") from e
+    return bytes(out)
 
 
 _IDX_TYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
@@ -160,7 +226,8 @@ def read_idx(path) -> np.ndarray:
         raise ValueError(f"{path}: truncated IDX header")
     dims = [int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
     dtype = np.dtype(_IDX_TYPES[data[2]])
-    expected = header + int(np.prod(dims)) * dtype.itemsize
+    # Python integers: a header of 0xFFFFFFFF dimensions must not overflow an int64 product.
+    expected = header + math.prod(dims) * dtype.itemsize
     if len(data) != expected:
         what = "truncated" if len(data) < expected else "has trailing bytes"
         raise ValueError(f"{path}: IDX file {what}: header declares shape {tuple(dims)} "
@@ -193,13 +260,105 @@ def load_idx_dataset(root, split: str = "train", name: str = "mnist") -> ImageDa
     images, labels = read_idx(img_path), read_idx(lab_path)
     if images.ndim != 3:
         raise ValueError(f"{img_path}: expected (N, H, W) images, got shape {images.shape}")
+    if images.shape[0] == 0 or images.shape[1] == 0 or images.shape[2] == 0:
+        raise ValueError(f"{img_path}: no images or empty images (shape {images.shape})")
+    _check_pixels(images, img_path)
     if labels.ndim != 1 or labels.shape[0] != images.shape[0]:
         raise ValueError(f"{lab_path}: {labels.shape} labels for {images.shape[0]} images")
     classes = FASHION_MNIST_CLASSES if name == "fashion-mnist" else tuple(str(i) for i in range(10))
-    if labels.size and int(labels.max()) >= len(classes):
-        raise ValueError(f"{lab_path}: label {int(labels.max())} outside 0..{len(classes) - 1}")
-    return ImageData(to_unit_range(images[:, None]), torch.from_numpy(labels.astype(np.int64)),
+    labels = _check_labels(labels, lab_path, len(classes))
+    return ImageData(to_unit_range(images[:, None]), torch.from_numpy(labels),
                      classes, f"{name}:{split}")
+
+
+def _check_pixels(x: np.ndarray, path: Path) -> None:
+    """8-bit pixels: integers in 0..255 (a float, NaN or int16 image would leave [-1, 1])."""
+    if x.dtype.kind not in "ui":
+        raise ValueError(f"{path}: pixels must be integers 0..255; got dtype {x.dtype}")
+    if x.size and (int(x.min()) < 0 or int(x.max()) > 255):
+        raise ValueError(f"{path}: pixels must lie in 0..255; got {int(x.min())} .. {int(x.max())}")
+
+
+def _check_labels(y: np.ndarray, path: Path, num_classes: int) -> np.ndarray:
+    """Integer class labels in 0..num_classes-1, as int64."""
+    if y.dtype.kind not in "ui":
+        raise ValueError(f"{path}: labels must be integers; got dtype {y.dtype}")
+    if y.size and (int(y.min()) < 0 or int(y.max()) >= num_classes):
+        raise ValueError(f"{path}: labels must lie in 0..{num_classes - 1}; got {int(y.min())} .. "
+                         f"{int(y.max())}")
+    return y.astype(np.int64)
+
+
+class ForbiddenPickleError(pickle.UnpicklingError):
+    """A pickle names something a CIFAR-10 batch never holds; it was refused, not called."""
+
+
+class RestrictedUnpickler(pickle.Unpickler):
+    """An unpickler for CIFAR-10 batches that can only build plain data and numpy arrays.
+
+    Plain containers and scalars (dict, list, tuple, bytes, str, int, float, bool, None) need no
+    globals.  The only globals admitted are numpy's array/dtype reconstruction functions and,
+    for Python-3 protocol-2 pickles of bytes, ``_codecs.encode`` restricted to latin-1; each is
+    wrapped so that it can build only an ndarray, a dtype or bytes.  Everything else raises
+    ``pickle.UnpicklingError`` before it is called, so a crafted file runs nothing.
+    """
+
+    def find_class(self, module, name):
+        fn = _SAFE_GLOBALS.get((module, name))
+        if fn is None:
+            raise ForbiddenPickleError(f"forbidden global {module}.{name} (a CIFAR-10 batch "
+                                         f"holds only dicts, lists, bytes and numpy arrays)")
+        return fn
+
+    def persistent_load(self, pid):
+        raise ForbiddenPickleError("persistent references are not allowed")
+
+
+def _safe_reconstruct(subtype, shape, dtype_char):
+    if subtype is not np.ndarray:
+        raise ForbiddenPickleError("numpy _reconstruct may only build a plain ndarray")
+    return _np_reconstruct(np.ndarray, shape, dtype_char)
+
+
+def _safe_frombuffer(buf, dtype, shape, order):
+    if not isinstance(dtype, np.dtype) or dtype.hasobject:
+        raise ForbiddenPickleError("arrays of Python objects are not allowed")
+    return _np_frombuffer(buf, dtype, shape, order)
+
+
+def _safe_encode(text, encoding="utf-8", errors="strict"):
+    # Protocol-2 pickles written by Python 3 store bytes as _codecs.encode(str, "latin1").
+    if not isinstance(text, str) or encoding not in ("latin1", "latin-1", "iso-8859-1"):
+        raise ForbiddenPickleError(f"_codecs.encode is only allowed for latin-1 text; got "
+                                     f"encoding {encoding!r}")
+    return text.encode("latin-1")
+
+
+def _numpy_internals():
+    try:
+        from numpy._core.multiarray import _reconstruct
+        from numpy._core.numeric import _frombuffer
+    except ImportError:   # numpy < 2
+        from numpy.core.multiarray import _reconstruct
+        from numpy.core.numeric import _frombuffer
+    return _reconstruct, _frombuffer
+
+
+_np_reconstruct, _np_frombuffer = _numpy_internals()
+_SAFE_GLOBALS = {
+    ("numpy.core.multiarray", "_reconstruct"): _safe_reconstruct,
+    ("numpy._core.multiarray", "_reconstruct"): _safe_reconstruct,
+    ("numpy.core.numeric", "_frombuffer"): _safe_frombuffer,
+    ("numpy._core.numeric", "_frombuffer"): _safe_frombuffer,
+    ("numpy", "ndarray"): np.ndarray,
+    ("numpy", "dtype"): np.dtype,
+    ("_codecs", "encode"): _safe_encode,
+}
+
+
+def restricted_loads(data: bytes, encoding: str = "bytes"):
+    """``pickle.loads`` through :class:`RestrictedUnpickler` (no code can run)."""
+    return RestrictedUnpickler(io.BytesIO(data), encoding=encoding).load()
 
 
 def read_cifar_batch(path) -> tuple[np.ndarray, np.ndarray]:
@@ -207,22 +366,34 @@ def read_cifar_batch(path) -> tuple[np.ndarray, np.ndarray]:
     path = Path(path)
     data = _read_bytes(path)
     try:
-        batch = pickle.loads(data, encoding="bytes")
-    except Exception as e:  # pickle raises many kinds of errors on corrupt input
-        raise ValueError(f"{path}: corrupt or truncated CIFAR-10 pickle batch ({e!r})") from e
+        batch = restricted_loads(data, encoding="bytes")
+    except ForbiddenPickleError as e:
+        raise ValueError(f"{path}: refused, not a plain CIFAR-10 batch: {e}; nothing in it "
+                         f"was run") from None
+    except Exception as e:  # noqa: BLE001 - pickle raises many kinds of errors on corrupt input
+        raise ValueError(f"{path}: corrupt or truncated CIFAR-10 pickle batch ({e!r})") from None
     if not isinstance(batch, dict):
         raise ValueError(f"{path}: not a CIFAR-10 batch (a {type(batch).__name__}, not a dict)")
-    batch = {k.decode() if isinstance(k, bytes) else k: v for k, v in batch.items()}
+    batch = {k.decode(errors="replace") if isinstance(k, bytes) else k: v for k, v in batch.items()}
     if "data" not in batch or "labels" not in batch:
-        raise ValueError(f"{path}: CIFAR-10 batch lacks 'data' or 'labels' (keys {sorted(batch)})")
-    x = np.asarray(batch["data"])
-    y = np.asarray(batch["labels"], dtype=np.int64)
+        raise ValueError(f"{path}: CIFAR-10 batch lacks 'data' or 'labels' "
+                         f"(keys {sorted(map(str, batch))})")
+    x = batch["data"]
+    if not isinstance(x, np.ndarray):
+        raise ValueError(f"{path}: CIFAR-10 data must be a numpy array; got {type(x).__name__}")
     if x.ndim != 2 or x.shape[1] != 3 * 32 * 32:
         raise ValueError(f"{path}: CIFAR-10 data must be (N, 3072); got {x.shape}")
+    if x.shape[0] == 0:
+        raise ValueError(f"{path}: CIFAR-10 batch holds no images")
+    _check_pixels(x, path)
+    labels = batch["labels"]
+    if not isinstance(labels, (list, tuple, np.ndarray)) or \
+            any(isinstance(v, bool) or not isinstance(v, (int, np.integer)) for v in labels):
+        raise ValueError(f"{path}: CIFAR-10 labels must be a list of integers")
+    y = np.asarray(labels, dtype=np.int64) if len(labels) else np.zeros(0, np.int64)
     if y.shape != (x.shape[0],):
         raise ValueError(f"{path}: {y.shape[0]} labels for {x.shape[0]} images")
-    if y.size and (y.min() < 0 or y.max() > 9):
-        raise ValueError(f"{path}: CIFAR-10 labels must lie in 0..9")
+    y = _check_labels(y, path, len(CIFAR10_CLASSES))
     return x.reshape(-1, 3, 32, 32).astype(np.uint8), y
 
 
@@ -245,40 +416,57 @@ def load_cifar10(root, split: str = "train") -> ImageData:
 
 def load_image_folder(root, image_size: int | None = None, channels: int = 3,
                       split: str | None = None, test_fraction: float = 0.1,
-                      seed: int = 0) -> ImageData:
+                      seed: int = 0, max_pixels: int | None = None) -> ImageData:
     """Every image under ``root`` (recursively), optionally resized and centre-cropped.
 
     A sub-folder per class gives labels (sorted sub-folder names); images directly in ``root``
-    mean no labels.  Files PIL cannot read are skipped and counted in ``skipped`` (and reported in
-    the warning this emits); an empty folder, or one where nothing is readable, is an error, and so
-    are mixed sizes when ``image_size`` is None.  ``split`` (``"train"``/``"test"``) takes a
-    deterministic ``test_fraction`` hold-out.
+    mean no labels.  Files PIL cannot read, and images of more than ``max_pixels`` pixels
+    (default MAX_IMAGE_PIXELS; decompression bombs), are skipped and counted in ``skipped`` (and
+    reported in the warning this emits); an empty folder, or one where nothing is readable, is an
+    error, and so are mixed sizes when ``image_size`` is None.  ``split`` (``"train"``/``"test"``)
+    takes a deterministic ``test_fraction`` hold-out.
     """
-    import warnings
-
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image
 
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"folder: {root} does not exist or is not a folder")
     if channels not in (1, 3):
         raise ValueError(f"channels must be 1 or 3; got {channels}")
+    image_size = _check_image_size(image_size)
+    limit = MAX_IMAGE_PIXELS if max_pixels is None else int(max_pixels)
+    if limit < 1:
+        raise ValueError(f"max_pixels must be positive; got {max_pixels}")
     files = sorted(p for p in root.rglob("*")
                    if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
     if not files:
         raise ValueError(f"folder: no image files ({', '.join(IMAGE_EXTENSIONS)}) under {root}")
     classes = sorted({p.parent.relative_to(root).parts[0] for p in files if p.parent != root})
     labelled = bool(classes) and all(p.parent != root for p in files)
-    arrays, labels, skipped, sizes = [], [], 0, set()
+    arrays, labels, skipped, sizes, reasons = [], [], 0, set(), {}
     for p in files:
         try:
-            with Image.open(p) as im:
-                im = im.convert("L" if channels == 1 else "RGB")
-                if image_size is not None:
-                    im = _pil_resize_crop(im, image_size)
-                a = np.asarray(im, dtype=np.uint8)
-        except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
+            with warnings.catch_warnings():
+                # PIL warns (and above twice its limit raises) on decompression bombs: both skip.
+                warnings.simplefilter("error", Image.DecompressionBombWarning)
+                with Image.open(p) as im:
+                    w, h = im.size
+                    if w * h > limit:
+                        raise _TooLarge(f"{w} x {h} pixels > max_pixels={limit}")
+                    if w < 1 or h < 1:
+                        raise _TooLarge(f"empty image {w} x {h}")
+                    im = im.convert("L" if channels == 1 else "RGB")
+                    if image_size is not None:
+                        im = _pil_resize_crop(im, image_size)
+                    a = np.asarray(im, dtype=np.uint8)
+        except Exception as e:  # noqa: BLE001 - untrusted files: any decoder failure skips the file
+            # (PIL plugins raise OSError, ValueError, SyntaxError, struct.error, IndexError,
+            # DecompressionBombError ... on malformed input); a skipped file is counted, and
+            # the run goes on with the rest.
             skipped += 1
+            kind = "too large" if isinstance(e, (_TooLarge, Image.DecompressionBombError,
+                                                 Image.DecompressionBombWarning)) else "unreadable"
+            reasons[kind] = reasons.get(kind, 0) + 1
             continue
         sizes.add(a.shape[:2])
         arrays.append(a if a.ndim == 3 else a[..., None])
@@ -290,8 +478,9 @@ def load_image_folder(root, image_size: int | None = None, channels: int = 3,
         raise ValueError(f"folder: images under {root} have mixed sizes {sorted(sizes)[:5]}; "
                          f"pass image_size to resize and crop them to one size")
     if skipped:
+        why = ", ".join(f"{n} {k}" for k, n in sorted(reasons.items()))
         warnings.warn(f"folder: skipped {skipped} of {len(files)} unreadable image files under "
-                      f"{root}", stacklevel=2)
+                      f"{root} ({why})", stacklevel=2)
     x = to_unit_range(np.stack(arrays).transpose(0, 3, 1, 2))
     y = torch.tensor(labels, dtype=torch.int64) if labelled else None
     data = ImageData(x, y, tuple(classes) if labelled else (), f"folder:{root.name}", skipped)
@@ -305,6 +494,36 @@ def load_image_folder(root, image_size: int | None = None, channels: int = 3,
         raise ValueError(f"folder: too few images ({len(data)}) for a {split} split")
     return ImageData(data.images[idx], None if y is None else y[idx], data.class_names,
                      f"{data.name}:{split}", skipped)
+
+
+class _TooLarge(ValueError):
+    """An image the folder reader will not decode (too many pixels, or none)."""
+
+
+def _check_image_size(image_size) -> int | None:
+    if image_size is None:
+        return None
+    if isinstance(image_size, bool) or not isinstance(image_size, (int, np.integer)):
+        raise TypeError(f"image_size must be a positive integer or None; got {image_size!r}")
+    if image_size < 1:
+        raise ValueError(f"image_size must be a positive integer (pixels per side); got "
+                         f"{image_size}")
+    return int(image_size)
+
+
+def check_min_images(data: ImageData, n: int, purpose: str = "this run") -> ImageData:
+    """``data`` if it holds at least ``n`` images; else a ValueError naming the data and the need.
+
+    The image experiment calls it (through ``ImageData.require`` or ``load_dataset(min_images=)``)
+    for every split before training, with n the largest sample count any metric needs.
+    """
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 0:
+        raise TypeError(f"min_images must be a non-negative integer; got {n!r}")
+    if len(data) < n:
+        raise ValueError(f"{data.name}: {len(data)} images, but {purpose} needs at least {n}"
+                         + (f" ({data.skipped} files were unreadable and skipped)"
+                            if data.skipped else ""))
+    return data
 
 
 def _pil_resize_crop(im, size: int):
@@ -342,11 +561,17 @@ def _check_split(split):
 
 
 def load_dataset(name: str = "digits", root=None, split: str = "train",
-                 image_size: int | None = None, channels: int | None = None) -> ImageData:
+                 image_size: int | None = None, channels: int | None = None,
+                 min_images: int | None = None, min_images_purpose: str = "this run") -> ImageData:
     """Load ``name`` (one of DATASETS) from ``root``; resize/crop to ``image_size`` if given.
 
     ``channels`` (1 or 3) converts grey to RGB by repetition or RGB to grey by luminance.
+    ``min_images``: fail at once (ValueError, see :func:`check_min_images`) when fewer images
+    were loaded, e.g. the sample count of the metrics this split feeds.
     """
+    image_size = _check_image_size(image_size)
+    if channels is not None and channels not in (1, 3):
+        raise ValueError(f"channels must be 1 or 3 (or None); got {channels!r}")
     if name not in DATASETS:
         raise ValueError(f"unknown dataset {name!r}; choose one of {DATASETS}")
     if name != "digits" and root is None:
@@ -372,4 +597,6 @@ def load_dataset(name: str = "digits", root=None, split: str = "train",
             raise ValueError(f"cannot convert {x.shape[1]} channels to {channels}")
     if x is not data.images:
         data = ImageData(x.contiguous(), data.labels, data.class_names, data.name, data.skipped)
+    if min_images is not None:
+        check_min_images(data, min_images, min_images_purpose)
     return data
