@@ -54,7 +54,12 @@ class LocalError:
     mean, se: the estimate and its standard error; n_points: number of x_t ~ q(x_t); n_mc: draws of
     x_s per x_t; n_latent: latent draws per x_t for latent kernels (None otherwise); method: how it
     was computed ("gaussian-cv", "latent-mc", "mc", "quadrature"); t, s: the root steps; kernel:
-    the kernel's name.
+    the kernel's name.  Monte Carlo diagnostics: n_ratio, the points scored on the ratio route;
+    raw_mean, the unclamped estimate (mean = max(raw_mean, 0)); flags: "clamped" when raw_mean
+    was negative (the truth is then within a few se of 0: report it as an upper bound
+    mean + 2 se, not as a value), "dominated" when one point carries more than DOMINANCE_LIMIT of
+    the estimate (its standard error is then unreliable).
+    For quadrature, se is an error estimate of the rule (refinement changes), not a statistical one.
     """
 
     mean: float
@@ -66,6 +71,14 @@ class LocalError:
     t: int = -1
     s: int = -1
     kernel: str = ""
+    n_ratio: int = 0
+    raw_mean: float | None = None
+    flags: tuple = ()
+
+    @property
+    def reliable(self) -> bool:
+        """False when a diagnostic says the standard error may understate the error."""
+        return not self.flags
 
     @property
     def rel_se(self) -> float:
@@ -150,26 +163,6 @@ def _sample_with_components(post: MixturePosterior, n_mc: int, generator):
     return torch.stack([d[0] for d in draws]), torch.stack([d[1] for d in draws])
 
 
-def _component_cv(post: MixturePosterior, x_s: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
-    """log r_k + log N_k(x_s) minus its conditional mean -H(r) - sum_j r_j H(N_j): (n_mc, N).
-
-    log q(x_s) = log r_k + log N_k(x_s) - log rho_k(x_s), with rho_k the responsibility of the
-    sampled component k at x_s.  When the posterior's components are well apart (a bimodal step,
-    where the error lives at small t) rho_k is ~1, so this variate carries almost all of the
-    fluctuation of log q: removing it leaves the estimate nearly noiseless.
-    """
-    lw = post.log_weights
-    h_r = -(lw.exp() * lw).sum(-1)                                           # (N,)
-    h_comp = 0.5 * (post.eigvals.log().sum(-1) + post.D * (1 + math.log(2 * math.pi)))  # (K,)
-    mean = -h_r - lw.exp() @ h_comp                                          # (N,)
-    out = []
-    for x, kk in zip(x_s, k):
-        clp = post.component_log_prob(x)                                     # (N, K)
-        sel = torch.gather(clp + lw, 1, kk[:, None])[:, 0]
-        out.append(sel - mean)
-    return torch.stack(out)
-
-
 def mixture_log_prob(mixture: GaussianMixture, x: torch.Tensor) -> torch.Tensor:
     """log q(x) (N,) through the eigenbasis (faster than torch.distributions for many components)."""
     return torch.logsumexp(mixture.component_log_prob(x) + mixture.weights.log(), -1)
@@ -206,6 +199,9 @@ def _widened(mixture: GaussianMixture, ab: float, om: float):
 
 def _check_jump(kernel: ReverseKernel, t: int, s: int) -> tuple[int, int, float, float]:
     root = kernel.schedule.root
+    for name, v in (("t", t), ("s", s)):
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
+            raise TypeError(f"{name} must be an integer root step; got {v!r}")
     t, s = int(t), int(s)
     if not 0 <= s < t <= root.T:
         raise ValueError(f"need root steps 0 <= s < t <= T={root.T}; got t={t}, s={s}")
@@ -213,12 +209,13 @@ def _check_jump(kernel: ReverseKernel, t: int, s: int) -> tuple[int, int, float,
 
 
 def _check_sizes(n_points: int, n_mc: int, n_latent: int | None):
-    if not isinstance(n_points, int) or n_points < 2:
+    if isinstance(n_points, bool) or not isinstance(n_points, int) or n_points < 2:
         raise ValueError(f"n_points must be an integer >= 2 (for a standard error); "
                          f"got {n_points!r}")
-    if not isinstance(n_mc, int) or n_mc < 1:
+    if isinstance(n_mc, bool) or not isinstance(n_mc, int) or n_mc < 1:
         raise ValueError(f"n_mc must be a positive integer; got {n_mc!r}")
-    if n_latent is not None and (not isinstance(n_latent, int) or n_latent < 1):
+    if n_latent is not None and (isinstance(n_latent, bool) or not isinstance(n_latent, int)
+                                 or n_latent < 1):
         raise ValueError(f"n_latent must be a positive integer or None; got {n_latent!r}")
 
 
@@ -243,78 +240,185 @@ def _cross_entropy(dist, post: MixturePosterior) -> torch.Tensor | None:
     return dist.cross_entropy(post.mean(), q_cov=post.covariance())
 
 
-def _ratio_cv_mask(dist, post: MixturePosterior, factor: float = 4.0 / 3.0,
-                   min_weight: float = 0.01) -> torch.Tensor:
-    """(N,) 0/1: where the ratio control variate p/q - 1 has light tails.
+# ---------------------------------------------------------------------- the per-point estimator
+#: The ratio route is taken at x_t only when a closed-form bound on E_q[(p/q)^4] is at most this.
+RATIO_MOMENT_BOUND = 10.0
+#: Posterior components lighter than this at every point are not drawn (their share of M is below
+#: this weight times the per-component term, far under any standard error).
+MIN_STRATUM_WEIGHT = 1e-14
 
-    E_q[(p/q)^k] is finite when every covariance of p is below k/(k-1) times the covariance of some
-    posterior component of weight >= min_weight (q >= r_k N_k bounds the ratio).  With factor 4/3
-    its fourth moment is finite, so its fitted coefficient and the standard error are reliable.
-    The mask depends on x_t only, so the masked variate keeps conditional mean zero.
+
+class _Strata:
+    """Stratified draws from q(x_s | x_t): ``n_mc`` draws from EVERY posterior component k (of
+    non-negligible weight), to be averaged with weights r_k(x_t).  Stratifying makes components
+    of weight 1e-4 count with their exact weight instead of being drawn once in 1e4 pairs.
+
+    Per stratum it keeps the draws (n_mc, N, D), log q at them and the component variate
+    c_k = log N_k(x_s) + H_k, whose mean under stratum k is exactly 0 (H_k: the component's
+    entropy).  ``A`` = sum_k r_k mean(-log q) estimates H(q); ``B`` = sum_k r_k mean(c_k) has
+    conditional mean 0 and removes most of A's noise: with coefficient 1, A - B is
+    H(r) + sum_k r_k H_k - E[-log rho_k], exact up to the (small) overlap of the components.
     """
-    if isinstance(dist, Gaussian):
-        if dist.isotropic:
-            p_max = dist.variance
+
+    def __init__(self, post: MixturePosterior, n_mc: int, generator):
+        self.post, self.n_mc = post, n_mc
+        w = post.weights
+        self.comps = [k for k in range(post.K) if w[:, k].max().item() >= MIN_STRATUM_WEIGHT]
+        means = post.means
+        self.x, self.log_q, cvs = [], [], []
+        for k in self.comps:
+            eps = torch.randn(n_mc, post.N, post.D, dtype=post.x_t.dtype, generator=generator)
+            noise = post.eigvals[k].sqrt() * eps
+            if not post.axis_aligned:
+                noise = noise @ post.eigvecs[k].T
+            x = means[:, k] + noise
+            self.x.append(x)
+            self.log_q.append(torch.stack([post.log_prob(xm) for xm in x]))
+            # log N_k(x) + H_k = -|eps|^2 / 2 + D / 2 exactly, whatever the component.
+            cvs.append(0.5 * (post.D - (eps * eps).sum(-1)))
+        self.A = self.weighted_mean([-lq for lq in self.log_q])
+        self.B = self.weighted_mean(cvs)
+
+    def weighted_mean(self, per_stratum: list[torch.Tensor]) -> torch.Tensor:
+        """sum_k r_k * (mean over the n_mc draws of stratum k): (N,)."""
+        w = self.post.weights
+        return sum(w[:, k] * v.mean(0) for k, v in zip(self.comps, per_stratum))
+
+
+def _log_int_p4_q3_iso(mu_p, v_p, mu_q, lam_q, U_q, aligned):
+    """log int N(x; mu_p, v_p I)^4 N(x; mu_q, diag-in-U_q(lam_q))^-3 dx (N,); inf if divergent.
+
+    Closed form per eigen-direction (a Renyi divergence of order 4): with s = 4 lam - 3 v,
+    6 z^2 / s - log(s)/2 - 3/2 log v + 2 log lam, z the mean offset in the direction."""
+    z = mu_p - mu_q
+    if not aligned:
+        z = z @ U_q
+    s = 4 * lam_q - 3 * v_p[:, None]                                       # (N, D)
+    ok = (s > 0).all(-1)
+    s = s.clamp_min(1e-300)
+    val = (6 * z * z / s - 0.5 * s.log() - 1.5 * v_p.log()[:, None] + 2 * lam_q.log()).sum(-1)
+    return torch.where(ok, val, torch.full_like(val, math.inf))
+
+
+def _log_int_p4_q3_full(mu_p, S_p, mu_q, C_q):
+    """The same for a full covariance S_p (N, D, D) and C_q (D, D)."""
+    Sa = 4 * C_q - 3 * S_p
+    L, info = torch.linalg.cholesky_ex(Sa)
+    ok = info == 0
+    L = torch.where(ok[:, None, None], L, torch.eye(S_p.shape[-1], dtype=S_p.dtype).expand_as(L))
+    d = (mu_p - mu_q)[..., None]
+    z = torch.linalg.solve_triangular(L, d, upper=False)[..., 0]
+    logdet_a = 2 * torch.diagonal(L, dim1=-2, dim2=-1).log().sum(-1)
+    val = (6 * (z * z).sum(-1) - 0.5 * logdet_a - 1.5 * torch.linalg.slogdet(S_p)[1]
+           + 2 * torch.linalg.slogdet(C_q)[1])
+    return torch.where(ok, val, torch.full_like(val, math.inf))
+
+
+def ratio_moment_bound(dist, post: MixturePosterior) -> torch.Tensor:
+    """log of an upper bound on E_{q(x_s|x_t)}[(p/q)^4] per point (N,); +inf when none is known.
+
+    q >= r_k N_k for every component, so E_q[(p/q)^4] <= r_k^-3 int p^4 N_k^-3, and by convexity
+    of 1/x^3 also <= sum_k r_k int p^4 N_k^-3; both in closed form for Gaussian p; for a mixture
+    p = mean_l N_l, p^4 <= mean_l N_l^4 (convexity).  The bound depends
+    on x_t only (never on the x_s draws), so choosing an estimator with it keeps it unbiased.
+    """
+    N = post.N
+    best = torch.full((N,), math.inf, dtype=post.x_t.dtype)
+    means, lw = post.means, post.log_weights
+    jensen = []
+    for k in range(post.K):
+        lam, U = post.eigvals[k], post.eigvecs[k]
+        if isinstance(dist, Gaussian) and dist.isotropic:
+            li = _log_int_p4_q3_iso(dist.mean, dist.variance, means[:, k], lam, U, post.axis_aligned)
+        elif isinstance(dist, Gaussian):
+            if post.D > 16:
+                return best
+            li = _log_int_p4_q3_full(dist.mean, dist.covariance, means[:, k],
+                                     post.covariances[k])
+        elif isinstance(dist, LatentMixture):
+            per_l = torch.stack([_log_int_p4_q3_iso(dist.means[:, j], dist.variance, means[:, k],
+                                                    lam, U, post.axis_aligned)
+                                 for j in range(dist.L)], -1)
+            li = torch.logsumexp(per_l, -1) - math.log(dist.L)
         else:
-            p_max = torch.linalg.eigvalsh(dist.covariance)[:, -1]
-    elif isinstance(dist, LatentMixture):
-        p_max = dist.variance
-    elif isinstance(dist, MixturePosterior):
-        p_max = dist.eigvals.max().expand(post.N)
-    else:
-        return torch.ones(post.N, dtype=post.x_t.dtype)
-    q_min = post.eigvals.min(-1).values                                    # (K,)
-    ok = torch.where(post.weights >= min_weight, q_min, torch.zeros_like(q_min)).amax(-1)
-    return (p_max < factor * ok).to(post.x_t.dtype)
+            return best
+        best = torch.minimum(best, li - 3 * lw[:, k])
+        jensen.append(li + lw[:, k])
+    # Also 1/q^3 = (sum_k r_k N_k)^-3 <= sum_k r_k N_k^-3 (convexity): tight when components overlap.
+    return torch.minimum(best, torch.logsumexp(torch.stack(jensen, -1), -1))
 
 
-def _regression_estimate(ell: torch.Tensor, cvs: list[torch.Tensor]) -> tuple[float, float]:
-    """Mean of ell (n_mc, N) adjusted by zero-mean control variates, and its standard error.
+@dataclass
+class _PointTerms:
+    """Per-point KL estimates and how they were obtained.
 
-    Coefficients by least squares, cross-fitted: fitted on the even points and applied to the odd
-    ones, and the other way round.  Fitting them on the very pairs they adjust cancels part of
-    the rare large terms that carry a small KL (between-mode x_t) and biases the estimate low,
-    even below zero; with cross-fitting every point's adjustment is independent of it, so the
-    estimate stays unbiased.  The standard error comes from the per-point averages.
+    value = y - beta * B on the cross-entropy route (beta: cross-fitted coefficient, B: the
+    component variate of :class:`_Strata`), the ratio-route value elsewhere; ratio: bool (N,).
     """
-    N = ell.shape[1]
-    adjusted = ell
-    cvs = [c for c in cvs if torch.isfinite(c).all() and c.std() > 0]
-    if cvs and N >= 4:
-        C = torch.stack(cvs, -1)                                      # (n_mc, N, J)
-        halves = (torch.arange(N) % 2 == 0, torch.arange(N) % 2 == 1)
-        adjusted = ell.clone()
-        for fit, apply in (halves, halves[::-1]):
-            beta = _cv_coefficients(ell[:, fit].flatten(), C[:, fit].reshape(-1, C.shape[-1]))
-            if beta is not None:
-                adjusted[:, apply] = ell[:, apply] - C[:, apply] @ beta
-    per_point = adjusted.mean(0)
-    mean = per_point.mean().item()
-    se = (per_point.std() / math.sqrt(N)).item()
-    return mean, se
+
+    y: torch.Tensor
+    B: torch.Tensor
+    ratio: torch.Tensor
+
+    def values(self, w: torch.Tensor) -> torch.Tensor:
+        """Per-point values (N,) for importance weights w (N,), with beta cross-fitted."""
+        value = self.y.clone()
+        ce = ~self.ratio
+        idx = torch.nonzero(ce)[:, 0]
+        if idx.numel() >= 8:
+            # Fit beta on one half of the points and apply it to the other, and the other way
+            # round: each point's coefficient is independent of its own draws, so E[beta B] = 0
+            # and the estimate stays unbiased (an in-sample fit would not be).  Only the light-
+            # tailed variate B is fitted; no ratio p/q enters (its tails broke the old fit).
+            halves = (idx[0::2], idx[1::2])
+            for fit, apply in (halves, halves[::-1]):
+                yf, bf = w[fit] * self.y[fit], w[fit] * self.B[fit]
+                bc = bf - bf.mean()
+                den = (bc * bc).sum()
+                beta = ((yf - yf.mean()) * bc).sum() / den if den > 0 else torch.zeros(())
+                value[apply] = self.y[apply] - beta * self.B[apply]
+        else:
+            value[ce] = self.y[ce] - self.B[ce]
+        return value
 
 
-def _cv_coefficients(y: torch.Tensor, C: torch.Tensor) -> torch.Tensor | None:
-    """Least-squares coefficients of y on the centred columns of C (P, J), or None if unusable."""
-    Cc = C - C.mean(0)
-    yc = y - y.mean()
-    # Scale columns so that the solve is well conditioned whatever their magnitudes.
-    scale = Cc.std(0).clamp_min(1e-300)
-    beta = torch.linalg.lstsq(Cc / scale, yc[:, None]).solution[:, 0] / scale
-    return beta if torch.isfinite(beta).all() else None
+def _point_terms(st: _Strata, dist) -> _PointTerms:
+    """KL(q(x_s | x_t) || p(x_s | x_t)) estimated at every point from the stratified draws.
+
+    Two routes, chosen per point from x_t alone (so the choice adds no bias):
+      * ratio route, where :func:`ratio_moment_bound` <= RATIO_MOMENT_BOUND: the terms
+        u - 1 - log u with u = p/q (u - 1 has mean 0 because p is normalised) are each >= 0 and of
+        order (u - 1)^2, so tiny KLs get tiny absolute errors; the bound on E[u^4] keeps their
+        variance finite and the standard error meaningful.
+      * cross-entropy route elsewhere (p far from q, or wider): KL = E_q[-log p] - H(q), with the
+        closed-form Gaussian cross-entropy for Gaussian p (else its Monte Carlo mean over the same
+        draws, which has Gaussian tails) and H(q) from the stratified draws with the component
+        variate.  No ratio p/q enters, so nothing heavy-tailed does.
+    """
+    post = st.post
+    log_p = [torch.stack([dist.log_prob(xm) for xm in x]) for x in st.x]
+    d = [(lp - lq).clamp(max=700.0) for lp, lq in zip(log_p, st.log_q)]
+    ratio_val = st.weighted_mean([torch.expm1(v) - v for v in d])
+    ce = _cross_entropy(dist, post)
+    if ce is None:
+        ce = st.weighted_mean([-lp for lp in log_p])
+    use_ratio = ratio_moment_bound(dist, post) <= math.log(RATIO_MOMENT_BOUND)
+    y = torch.where(use_ratio, ratio_val, ce - st.A)
+    B = torch.where(use_ratio, torch.zeros_like(y), st.B)
+    return _PointTerms(y, B, use_ratio)
 
 
 def _kl_at_points(post: MixturePosterior, dist, n_mc: int, generator) -> tuple[float, float]:
     """Mean over the posterior's points of KL(post || dist), with its standard error."""
-    x_s, comp = _sample_with_components(post, n_mc, generator)
-    log_q = torch.stack([post.log_prob(x) for x in x_s])
-    log_p = torch.stack([dist.log_prob(x) for x in x_s])
-    cvs = [_ratio_cv_mask(dist, post) * torch.expm1((log_p - log_q).clamp(max=700.0)),
-           _component_cv(post, x_s, comp)]
-    ce = _cross_entropy(dist, post)
-    if ce is not None:
-        cvs.append(-log_p - ce)
-    return _regression_estimate(log_q - log_p, cvs)
+    terms = _point_terms(_Strata(post, n_mc, generator), dist).values(
+        torch.ones(post.N, dtype=post.x_t.dtype))
+    N = terms.numel()
+    se = (terms.std() / math.sqrt(N)).item() if N > 1 else math.inf
+    return terms.mean().item(), se
+
+
+#: A single point carrying more than this share of the estimate makes its standard error unreliable.
+DOMINANCE_LIMIT = 0.2
 
 
 # ---------------------------------------------------------------------- public estimators
@@ -327,13 +431,14 @@ def local_errors(mixture: GaussianMixture, kernels: list[ReverseKernel], t: int,
     Args:
         mixture: the target q(x_0).
         kernels: reverse kernels sharing one root schedule; t, s: root steps, 0 <= s < t.
-        n_points: number of x_t ~ q(x_t); n_mc: draws of x_s ~ q(x_s | x_t) per x_t.
+        n_points: number of x_t ~ q(x_t); n_mc: draws of x_s per posterior component per x_t
+            (the draws are stratified over the components).
         n_latent: latent draws per x_t for latent kernels (ignored by Gaussian/exact kernels).
         importance: sample x_t from a defensive widened proposal (see :func:`joint_sample`).
-    Returns one :class:`LocalError` per kernel.
+    Returns one :class:`LocalError` per kernel; see the module docstring for what it guarantees.
     """
-    if not kernels:
-        raise ValueError("give at least one kernel")
+    if not isinstance(kernels, (list, tuple)) or not kernels:
+        raise ValueError("kernels must be a non-empty list of reverse kernels")
     _check_sizes(n_points, n_mc, n_latent)
     root = kernels[0].schedule.root
     for k in kernels:
@@ -343,40 +448,45 @@ def local_errors(mixture: GaussianMixture, kernels: list[ReverseKernel], t: int,
             raise ValueError(f"kernel {k.name} has dim {k.dim} but the mixture has D={mixture.D}")
     t, s, lt, ls = _check_jump(kernels[0], t, s)
     x_t, w, post, _ = joint_sample(mixture, lt, ls, n_points, 0, generator, importance)
-    x_s, comp = _sample_with_components(post, n_mc, generator)
-    log_q = torch.stack([post.log_prob(x) for x in x_s])              # (n_mc, N)
-    c_comp = _component_cv(post, x_s, comp)
+    strata = _Strata(post, n_mc, generator)
     out = []
     for kernel in kernels:
         dist = _kernel_distribution(kernel, post, x_t, t, s, generator, n_latent, mixture, root)
-        log_p = torch.stack([dist.log_prob(x) for x in x_s])
-        ell = log_q - log_p
-        mask = _ratio_cv_mask(dist, post)
-        cvs = [mask * torch.expm1((log_p - log_q).clamp(max=700.0)), c_comp]
-        ce = _cross_entropy(dist, post)
         latent = isinstance(dist, LatentMixture)
-        if ce is not None:
-            cvs.append(-log_p - ce)
-            method = "gaussian-cv"
-        else:
-            method = "latent-mc" if latent else "mc"
+        method = "gaussian-cv" if isinstance(dist, Gaussian) else ("latent-mc" if latent else "mc")
         if dist is post:   # the exact kernel: the log ratio is identically zero
-            mean, se = 0.0, 0.0
-        else:
-            mean, se = _regression_estimate(w * ell, [w * c for c in cvs])
-        out.append(LocalError(mean, se, n_points, n_mc, dist.L if latent else None, method, t, s,
-                              kernel.name))
+            out.append(LocalError(0.0, 0.0, n_points, n_mc, None, method, t, s, kernel.name,
+                                  n_ratio=n_points, raw_mean=0.0))
+            continue
+        terms = _point_terms(strata, dist)
+        contrib = w * terms.values(w)
+        raw = contrib.mean().item()
+        se = (contrib.std() / math.sqrt(n_points)).item()
+        if not math.isfinite(raw) or not math.isfinite(se):
+            raise FloatingPointError(f"local error of {kernel.name} at t={t}, s={s} is not finite "
+                                     f"({raw} +- {se}): the kernel returned a degenerate density")
+        flags = []
+        total = contrib.sum().item()
+        if total > 0 and contrib.max().item() > DOMINANCE_LIMIT * total:
+            flags.append("dominated")
+        if raw < 0:
+            # A KL is >= 0: a negative mean is noise around a value within a few se of 0.
+            flags.append("clamped")
+        out.append(LocalError(max(raw, 0.0), se, n_points, n_mc, dist.L if latent else None,
+                              method, t, s, kernel.name, n_ratio=int(terms.ratio.sum()),
+                              raw_mean=raw, flags=tuple(flags)))
     return out
 
 
 def local_error(mixture: GaussianMixture, kernel: ReverseKernel, t: int, s: int,
                 n_points: int = 4096, n_mc: int = 2, n_latent: int | None = 64,
-                generator: torch.Generator | None = None) -> LocalError:
+                generator: torch.Generator | None = None, importance: bool = True) -> LocalError:
     """M_{t->s} = E_{q(x_t)} KL(q(x_s | x_t) || p(x_s | x_t)) for one kernel (root steps t > s).
 
     See the module docstring for the estimator; the result carries its standard error.
     """
-    return local_errors(mixture, [kernel], t, s, n_points, n_mc, n_latent, generator)[0]
+    return local_errors(mixture, [kernel], t, s, n_points, n_mc, n_latent, generator,
+                        importance)[0]
 
 
 def local_error_curves(mixture: GaussianMixture, kernels: list[ReverseKernel],
