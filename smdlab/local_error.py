@@ -417,6 +417,17 @@ def _kl_at_points(post: MixturePosterior, dist, n_mc: int, generator) -> tuple[f
     return terms.mean().item(), se
 
 
+def _stratified_se(contrib: torch.Tensor, n_first: int) -> float:
+    """Standard error of contrib.mean() when contrib[:n_first] and contrib[n_first:] are two
+    independent samples of fixed sizes (one of them possibly empty)."""
+    n = contrib.numel()
+    var = 0.0
+    for part in (contrib[:n_first], contrib[n_first:]):
+        if part.numel() >= 2:
+            var += (part.numel() / n) ** 2 * part.var().item() / part.numel()
+    return math.sqrt(var)
+
+
 #: A single point carrying more than this share of the estimate makes its standard error unreliable.
 DOMINANCE_LIMIT = 0.2
 
@@ -449,6 +460,9 @@ def local_errors(mixture: GaussianMixture, kernels: list[ReverseKernel], t: int,
     t, s, lt, ls = _check_jump(kernels[0], t, s)
     x_t, w, post, _ = joint_sample(mixture, lt, ls, n_points, 0, generator, importance)
     strata = _Strata(post, n_mc, generator)
+    # joint_sample draws exactly the first n_points // 2 points from q and the rest from the wide
+    # copy (when it uses one): the standard error must treat them as two strata.
+    n_first = n_points // 2 if bool((w != 1).any()) else n_points
     out = []
     for kernel in kernels:
         dist = _kernel_distribution(kernel, post, x_t, t, s, generator, n_latent, mixture, root)
@@ -461,7 +475,7 @@ def local_errors(mixture: GaussianMixture, kernels: list[ReverseKernel], t: int,
         terms = _point_terms(strata, dist)
         contrib = w * terms.values(w)
         raw = contrib.mean().item()
-        se = (contrib.std() / math.sqrt(n_points)).item()
+        se = _stratified_se(contrib, n_first)
         if not math.isfinite(raw) or not math.isfinite(se):
             raise FloatingPointError(f"local error of {kernel.name} at t={t}, s={s} is not finite "
                                      f"({raw} +- {se}): the kernel returned a degenerate density")
