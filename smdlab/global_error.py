@@ -185,8 +185,11 @@ GRID_TOL = 1e-7
 #: Largest grids refinement may reach per axis (1-D, 2-D); beyond them the route refuses.
 MAX_GRID = {1: 16384, 2: 768}
 #: Refinement stops when the next grid's push would cost more than this many kernel evaluations
-#: (steps x source nodes x target nodes; about 1e9 per 5-20 s on one core).
-WORK_BUDGET = 2e10
+#: (steps x source nodes x target nodes; about 1e9 per 5-20 s on one core), or more than
+#: REFINE_WORK_FACTOR times the push the caller asked for (one doubling in 1-D, none in 2-D,
+#: where each doubling costs 16x: callers choose their 2-D grids, the result says if it is enough).
+WORK_BUDGET = 5e9
+REFINE_WORK_FACTOR = 4.0
 #: Work (Gaussian evaluations) above which the full-covariance push warns and shows progress.
 SLOW_WORK = 3e9
 
@@ -258,7 +261,8 @@ def grid_global_error(mixture: GaussianMixture, kernel: ReverseKernel,
         progress: show a progress bar over the steps; None: only when the run looks slow.
         refine, tol: when the estimated node-rule error of the chain (see :func:`_step_aliasing`)
             exceeds ``tol`` or the node rule gains mass, rerun on a grid twice as fine (up to
-            ``max_grid``, default MAX_GRID[D], and while the push stays within WORK_BUDGET).
+            ``max_grid``, default MAX_GRID[D], and while the push stays within WORK_BUDGET and
+            REFINE_WORK_FACTOR times the first one).
         strict: if the grid stays under-resolved, raise :class:`UnderResolvedGrid`; otherwise
             (default) return the result with "resolved": False and a RuntimeWarning that names
             the error estimate: such a KL is not to be quoted as a value.
@@ -284,7 +288,7 @@ def grid_global_error(mixture: GaussianMixture, kernel: ReverseKernel,
     if isinstance(cap, bool) or not isinstance(cap, int) or cap < n:
         raise ValueError(f"max_grid must be an integer >= n_grid={n}; got {cap!r}")
     pairs = chain_steps(kernel, schedule)
-    requested = n
+    requested, first_work = n, None
     while True:
         res = _grid_push(mixture, kernel, pairs, n, n_latent, generator, width, prune, progress)
         gained = res["mass_lost"] < -10 * tol or res["p_mass_in_box"] > 1 + 10 * tol
@@ -296,12 +300,15 @@ def grid_global_error(mixture: GaussianMixture, kernel: ReverseKernel,
                f"nodes push kernel means up to {res['resolution']:.2f} kernel sds apart)")
         need = 2 * n
         work = res["work"] * 2 ** (2 * D)
-        if refine and need <= cap and work <= WORK_BUDGET:
+        if first_work is None:
+            first_work = res["work"]
+        budget = min(WORK_BUDGET, REFINE_WORK_FACTOR * first_work)
+        if refine and need <= cap and work <= budget:
             n = need
             continue
         stop = ("refine=False" if not refine else f"{need} nodes per axis exceed max_grid={cap}"
                 if need > cap else f"{need} nodes per axis would cost ~{work:.1e} kernel "
-                                   f"evaluations (WORK_BUDGET {WORK_BUDGET:.0e})")
+                                   f"evaluations (budget {budget:.1e}): pass a larger n_grid")
         msg = f"grid of {n} nodes per axis is too coarse for {kernel.name}: {why}; {stop}"
         if strict:
             raise UnderResolvedGrid(msg)
