@@ -295,7 +295,8 @@ def grid_global_error(mixture: GaussianMixture, kernel: ReverseKernel,
         res["resolved"] = res["grid_error"] <= tol and not gained
         if res["resolved"]:
             break
-        why = (f"the node rule gained mass (mass_lost {res['mass_lost']:.2e})" if gained else
+        why = (f"the node rule gained mass (mass_lost {res['mass_lost']:.2e}, p's mass on q's "
+               f"box {res['p_mass_in_box']:.8f})" if gained else
                f"estimated node-rule error {res['grid_error']:.1e} > tol={tol:g} (neighbouring "
                f"nodes push kernel means up to {res['resolution']:.2f} kernel sds apart)")
         need = 2 * n
