@@ -77,7 +77,7 @@ def finite(obj) -> bool:
         return finite((obj.log_weights, obj.weights, obj.means, x, obj.covariance(),
                        obj.log_prob(x), obj.sample(torch.Generator().manual_seed(0))))
     if isinstance(obj, Gaussian):
-        return finite((obj.mean, obj.variance, obj.covariance, obj.log_prob(obj.mean),
+        return finite((obj.mean(), obj.variance, obj.covariance, obj.log_prob(obj.mean()),
                        obj.entropy()))
     if isinstance(obj, LatentMixture):
         return finite((obj.means, obj.variance, obj.log_prob(obj.mean())))

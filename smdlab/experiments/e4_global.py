@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..global_error import grid_global_error, prior_kl_estimate
+from ..global_error import grid_convergence, grid_global_error, prior_kl_estimate
 from ..kernels import BestGaussianKernel, ExactKernel
 from ..local_error import local_error_curves
 from ..metrics import sample_metrics
@@ -46,7 +46,7 @@ class E4Config:
     # In 1-D the isotropic and the moment-matched Gaussians coincide.
     kinds_1d: tuple = ("exact", "beta_tilde", "moment")
     kinds_2d: tuple = ("beta_tilde", "isotropic")
-    n_grid_1d: int = 384
+    n_grid_1d: int = 768
     n_grid_2d: int = 96
     convergence: tuple = (32, 48, 64, 96, 128)
     convergence_steps: int = 10
@@ -79,8 +79,11 @@ def _study(tname, steps, kinds, n_grid, cfg, g):
         curves = local_error_curves(mix, gauss, ch, n_pts, 1, generator=g) if gauss else {}
         for k in kernels:
             r = grid_global_error(mix, k, ch, n_grid=n_grid, generator=g)
+            # n_grid is where the grid route starts; it refines itself until its node-rule error
+            # estimate is below tol (the 1000-step chain was 0.57 % low on 384 nodes).
             row = {"steps": S, "kernel": k.name, "kl": r["kl"], "mass_lost": r["mass_lost"],
-                   "prior_kl": pk}
+                   "prior_kl": pk, "n_grid": r["n_grid"], "grid_error": r["grid_error"],
+                   "resolved": r["resolved"]}
             if k.name in curves:
                 c = curves[k.name]
                 row.update(sum_local=c.total, sum_local_se=c.total_se, bound=pk + c.total,
@@ -109,9 +112,10 @@ def run(cfg: E4Config, out: Outputs) -> ExperimentResult:
     root = NoiseSchedule.linear(cfg.T)
     k = BestGaussianKernel(mix, root, "beta_tilde")
     S = cfg.convergence_steps
-    conv = [grid_global_error(mix, k, root.respace(S), n_grid=n)["kl"] for n in cfg.convergence]
-    data["convergence_2d"] = {"n_grid": list(cfg.convergence), "kl": conv,
-                              "kernel": k.name, "steps": S}
+    # Fixed grids, no refinement: this panel shows the convergence itself.
+    conv = grid_convergence(mix, k, root.respace(S), sizes=cfg.convergence)
+    data["convergence_2d"] = {"n_grid": list(cfg.convergence), "kl": conv["kl"],
+                              "grid_error": conv["grid_error"], "kernel": k.name, "steps": S}
     data["seconds"] = time.time() - t0
     json_path = save_result("e4", cfg, data, out)
     figs = _figures(data, cfg, out)
