@@ -5,7 +5,7 @@ standard deviation (on the last jump, to x_0, in particular), (c) the dimension 
 (d) fewer steps; and (e) for N in {1, 5, 10}, a search for a mixture whose M_t exceeds N at EVERY
 jump of a chain.
 
-A bound settles what no search can (derived in this module, checked numerically here).  For a
+A bound settles what no search can (derived in :mod:`smdlab.bounds`, checked numerically here).  For a
 mixture whose components share one isotropic covariance lambda I (any number of components, any
 means and weights), the moment-matched and isotropic kernels satisfy, for a jump t -> s,
 
@@ -31,6 +31,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from ..bounds import equal_variance_bound
 from ..kernels import BestGaussianKernel
 from ..local_error import local_errors
 from ..mixture import GaussianMixture
@@ -38,17 +39,6 @@ from ..provenance import save_figure
 from ..sampling import chain_steps
 from ..schedules import NoiseSchedule
 from .base import ExperimentResult, Outputs, Verdict, register, save_result
-
-
-def equal_variance_bound(schedule: NoiseSchedule, t: int, s: int, lam: float, D: int) -> float:
-    """The module's bound on M_{t->s} (root steps) for mixtures with shared covariance lam I."""
-    root = schedule.root
-    ab_t, ab_s = root.alpha_bars[t].item(), root.alpha_bars[s].item()
-    om_s = root.one_minus_alpha_bars[s].item()
-    denom = ab_t * (ab_s * lam + om_s)
-    if denom <= 0:
-        return math.inf
-    return 0.5 * D * math.log1p((ab_s - ab_t) / denom)
 
 
 def log_subset(T: int, n: int) -> list[int]:
