@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from smdlab.images.__main__ import main
+from smdlab.images.report import flat_config
 
 from .test_images_data import write_mnist
 
@@ -44,7 +45,7 @@ def test_smoke_run_writes_everything(smoke_run):
     smd, matched = models["long-smd-energy"]["parameters"], models["long-ddpm-matched"]["parameters"]
     assert abs(matched / smd - 1) <= 0.05
     rows = [e for e in res["evaluations"] if e["protocol"] != "data"]
-    cfg = res["config"]
+    cfg = flat_config(res)
     # every model: ancestral at each sample_steps + DDIM (long), ancestral + DDIM (+ frozen) (short)
     assert len(rows) == 4 * (len(cfg["sample_steps"]) + len(cfg["ddim_steps"])) + 4 * 2 + 2 + 1
     for e in rows:
@@ -99,7 +100,7 @@ def test_torchrun_two_cpu_processes_end_to_end(tmp_path):
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     res = json.loads((tmp_path / "results" / "images" / "images.json").read_text())["result"]
     assert res["world_size"] == 2
-    assert all(m["global_batch"] == 2 * res["config"]["batch_size"] for m in res["models"].values())
+    assert all(m["global_batch"] == 2 * flat_config(res)["batch_size"] for m in res["models"].values())
     # one writer: each run folder holds one checkpoint and one log
     for run in (tmp_path / "runs" / "images").iterdir():
         if run.is_dir():
