@@ -118,3 +118,13 @@ def test_evaluation_memo_is_keyed_by_content_not_identity(quick_runs):
                               toy_eval.sample_seed(tm, 4))
     assert row == pytest.approx(again)
     assert toy_eval.sample_seed(tm, 4) != toy_eval.sample_seed(tm, 2)
+
+
+def test_reloaded_models_report_their_original_training_time(quick_runs):
+    out, results = quick_runs
+    first = {(r["kind"], r["train_S"]): r["train_seconds"] for r in results["e6_toy"].data["rows"]}
+    cfg = ToyConfig.quick()
+    toy_zoo.clear_memory_cache()
+    for (kind, S, _), tm in toy_zoo.toy_zoo(cfg.zoo, out, cfg.seed).items():
+        assert tm.cached and tm.seconds > 0
+        assert tm.seconds == pytest.approx(first[kind, S])

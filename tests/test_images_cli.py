@@ -105,3 +105,35 @@ def test_torchrun_two_cpu_processes_end_to_end(tmp_path):
     for run in (tmp_path / "runs" / "images").iterdir():
         if run.is_dir():
             assert sorted(p.name for p in run.iterdir()) == ["ckpt_00000006.pt", "log.json"]
+
+
+def test_resume_with_flip_changed_is_an_error(smoke_run, capsys):
+    """--flip changes training: a resume must refuse it (it used to train without flips while
+    its JSON said flip: true)."""
+    assert main(["--preset", "smoke", "--out", str(smoke_run), "--flip"]) == 2
+    err = capsys.readouterr().err
+    assert "config differs" in err and "flip" in err
+
+
+def test_smoke_report_issues_no_verdicts(smoke_run):
+    report = (smoke_run / "REPORT-images.md").read_text()
+    verdict = report.split("## Verdict")[1]
+    assert "not tested (smoke run)" in verdict and "Smoke run" in verdict
+    for status in ("| holds |", "| holds with qualification |", "| does not hold as stated |"):
+        assert status not in verdict
+
+
+@pytest.mark.slow
+def test_resume_with_different_pixels_is_an_error(tmp_path, capsys):
+    """Same dataset name and image count, different pixels: the data fingerprint in every
+    model's checkpoint config refuses the resume."""
+    data = tmp_path / "mnist"
+    write_mnist(data, n=64, prefix="train")
+    write_mnist(data, n=32, prefix="t10k", seed=1)
+    args = ["--preset", "tiny", "--dataset", "mnist", "--data-root", str(data), "--out",
+            str(tmp_path / "out")]
+    assert main(args) == 0
+    write_mnist(data, n=64, prefix="train", seed=7)
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "config differs" in err and "data_fingerprint" in err
