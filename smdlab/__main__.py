@@ -50,6 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=None,
                    help="torch threads (default: OMP_NUM_THREADS, else 1; 2 helps only on an idle machine)")
     p.add_argument("--list", action="store_true", help="list the experiments and exit")
+    p.add_argument("--report-only", action="store_true",
+                   help="run nothing: rebuild REPORT.md from the results already under --out "
+                        "(checking that each section agrees with its result)")
     add_set_argument(p)
     return p
 
@@ -115,6 +118,10 @@ def _main(argv: list[str] | None) -> int:
 
     command = "python -m smdlab " + " ".join(shlex.quote(a) for a in (argv if argv is not None
                                                                        else sys.argv[1:]))
+    if args.report_only:
+        path = write_report(out, command.strip())
+        print(f"smdlab: rebuilt {path} from the results under {out.root}")
+        return 0
     start = time.perf_counter()
     bar = tqdm(names, desc="smdlab", unit="exp")
     for name in bar:

@@ -95,3 +95,17 @@ def test_a_smoke_image_result_issues_no_verdicts(tmp_path):
     table = write_report(Outputs(tmp_path), "cmd").read_text().split("## Headline")[0]
     rows = [ln for ln in table.splitlines() if ln.rstrip().endswith("| images |")]
     assert rows and all(f"| {SMOKE_STATUS} |" in ln for ln in rows)
+
+
+@pytest.mark.skipif(not (REPO / "results" / "e1.summary.json").exists(),
+                    reason="no committed lab results")
+def test_report_only_rebuilds_the_report_from_committed_results(tmp_path):
+    from smdlab.__main__ import main
+
+    shutil.copytree(REPO / "results", tmp_path / "results",
+                    ignore=shutil.ignore_patterns("models"))
+    assert main(["--report-only", "--out", str(tmp_path)]) == 0
+    text = (tmp_path / "REPORT.md").read_text()
+    assert "Out of date" not in text and "### E8" in text
+    if IMAGES_JSON.exists():
+        assert any(ln.rstrip().endswith("| images |") for ln in text.splitlines())
