@@ -107,22 +107,28 @@ def data_fingerprint(images: torch.Tensor) -> str:
     return h.hexdigest()[:16]
 
 
-def _timing(run_dir: Path, tr, is_main: bool) -> tuple[float, float | None]:
-    """(seconds per step, peak MiB) of the training that produced the weights: measured now when
-    this call trained, else what the call that trained recorded (a resume reports its original
-    time, not the reload's)."""
+def _timing(run_dir: Path, tr, is_main: bool) -> tuple[float, float | None, float]:
+    """(seconds per step, peak MiB, training seconds) of the training that produced the weights:
+    measured now when this call trained, else what the call that trained recorded (a resume
+    reports the original times, not the reload's)."""
     path = run_dir / "timing.json"
     res = tr.result
-    if res.step > res.resumed_from:
-        if is_main:
-            write_json(path, {"step_seconds": tr.step_seconds, "peak_memory_mib": tr.peak_memory_mib,
-                              "steps": res.step})
-        return tr.step_seconds, tr.peak_memory_mib
+    saved = {}
     try:
         saved = json.loads(path.read_text())
-        return float(saved["step_seconds"]), saved.get("peak_memory_mib")
-    except (OSError, ValueError, KeyError):
-        return tr.step_seconds, tr.peak_memory_mib
+    except (OSError, ValueError):
+        pass
+    if res.step > res.resumed_from:
+        # a resumed partial run adds its seconds to those of the calls before it
+        total = res.seconds + (float(saved.get("train_seconds", 0.0)) if res.resumed_from else 0.0)
+        if is_main:
+            write_json(path, {"step_seconds": tr.step_seconds, "peak_memory_mib": tr.peak_memory_mib,
+                              "steps": res.step, "train_seconds": total})
+        return tr.step_seconds, tr.peak_memory_mib, total
+    if "step_seconds" in saved:
+        return (float(saved["step_seconds"]), saved.get("peak_memory_mib"),
+                float(saved.get("train_seconds", 0.0)))
+    return tr.step_seconds, tr.peak_memory_mib, res.seconds
 
 
 def _feature_scorer(cfg: ImagesConfig, train_data, test_data, out: ImageOutputs, info: DistInfo,
@@ -230,13 +236,14 @@ def run_images(cfg: ImagesConfig, out: ImageOutputs, info: DistInfo | None = Non
                                flip=d.flip, run_dir=out.runs / label, info=info,
                                extra_config=extra, desc=label)
         res = tr.result
-        step_s, peak = _timing(out.runs / label, tr, info.is_main)
+        step_s, peak, train_s = _timing(out.runs / label, tr, info.is_main)
         ncfg = res.model.net.config
         models[label] = {"spec": spec.to_dict(), "protocol": protocol, "seed": seed,
                          "chain": chain.name, "width": ncfg.base_channels,
                          "time_dim": ncfg.time_dim or 4 * ncfg.base_channels,
                          "parameters": tr.parameters, "train_steps": res.step,
                          "resumed_from": res.resumed_from, "step_seconds": step_s,
+                         "train_seconds": train_s,
                          "peak_memory_mib": peak,
                          "final_loss": res.log[-1]["loss"] if res.log else None,
                          "loss_log": res.log, "global_batch": cfg.batch_size * info.world_size}

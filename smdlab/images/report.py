@@ -85,6 +85,14 @@ def c5_verdict(result: dict) -> tuple[str, str]:
     return status, "; ".join(lines)
 
 
+def _training_minutes(result: dict) -> str:
+    """", training the models took N min" (their original training, also after a resume)."""
+    secs = [m.get("train_seconds") for m in result["models"].values()]
+    if not secs or any(s is None for s in secs):
+        return ""
+    return f" (training the models took {sum(secs) / 60:.1f} min when they were trained)"
+
+
 def l1_verdict(result: dict) -> tuple[str, str] | None:
     """(status, evidence) for L1 "the jensen objective collapses SMD to a Gaussian kernel" from
     the latent-use ratios on the short chain, or None when they were not measured."""
@@ -138,7 +146,8 @@ def write_report(result: dict, out) -> Path:
     L += ["Made by:", "", "```", result.get("command") or "python -m smdlab.images", "```", ""]
     L += [f"Preset `{cfg['preset']}`; {result['dataset']['n_train']} training images of shape "
           f"{tuple(result['dataset']['shape'])}; device {result['device']}, world size "
-          f"{result['world_size']}; total {result['seconds'] / 60:.1f} min.  Each model is "
+          f"{result['world_size']}; this invocation took {result['seconds'] / 60:.1f} min"
+          f"{_training_minutes(result)}.  Each model is "
           f"trained with seed {cfg['seed']} (the short-chain DDPM also with seeds "
           f"{list(cfg['seed_repeats'])}); ± values are bootstrap spreads over the generated set.",
           ""]
