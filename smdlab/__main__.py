@@ -107,7 +107,8 @@ def _main(argv: list[str] | None) -> int:
         raise UsageError("--out must be a folder path; got an empty string")
     out = Outputs(Path(args.out)) if args.out is not None else Outputs.default()
     try:    # an unwritable output folder is found now, not after an hour of training
-        for folder in (out.root, Path(out.root) / "results", Path(out.root) / "figures"):
+        for folder in (out.root, Path(out.root) / "results", Path(out.root) / "figures",
+                       Path(out.root) / "results" / "models"):
             check_writable(folder, "--out")
     except ValueError as e:
         raise UsageError(str(e)) from None

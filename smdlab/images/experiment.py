@@ -48,7 +48,7 @@ from .evaluation import (
     train_classifier,
 )
 from .models import build_model, latent_spread
-from .report import format_command, lab_summary, load_result, write_report
+from .report import lab_summary, load_result, write_report
 from .sampling import generate, save_grid
 from .train import train_image_model
 
@@ -335,10 +335,14 @@ def run(cfg: ImagesConfig, out: Outputs) -> ExperimentResult:
     """The lab's entry point: run the comparison into ``out`` (single process)."""
     from .distributed import init_distributed, shutdown
 
+    import shlex
+    import sys
+
     iout = ImageOutputs(out.root, out.run_id)
     info = init_distributed(cfg.device)
     try:
-        run_images(cfg, iout, info, command=format_command(), log=print)
+        run_images(cfg, iout, info, command="python -m smdlab " + shlex.join(sys.argv[1:]),
+                   log=print)
     finally:
         shutdown(info)
     s = lab_summary(out.root)
