@@ -333,10 +333,10 @@ def _summarize(out: Outputs) -> dict | None:
           "against sampling steps)", ImagesConfig, in_lab=False, summarize=_summarize)
 def run(cfg: ImagesConfig, out: Outputs) -> ExperimentResult:
     """The lab's entry point: run the comparison into ``out`` (single process)."""
-    from .distributed import init_distributed, shutdown
-
     import shlex
     import sys
+
+    from .distributed import init_distributed, shutdown
 
     iout = ImageOutputs(out.root, out.run_id)
     info = init_distributed(cfg.device)
