@@ -96,7 +96,8 @@ class ToyZoo:
     respaced chain; T itself is the full chain); kinds: model kinds (:data:`KINDS`); n_seeds:
     seeds per model on ``seed_chains`` (the other chains train with the first seed only, to fit
     the time budget); snapshots: fractions of training at which EMA weights are kept;
-    batch_size: examples per training step.
+    batch_size: examples per training step; train: the optimisation (its ``seed`` is replaced by
+    each model's own seed, :func:`toy_zoo.model_seed`).
     """
 
     T: int = 1000
