@@ -15,7 +15,7 @@ from .exact import (  # noqa: E402
     posterior,
     score,
 )
-from .kernels import BestGaussianKernel, ExactKernel, ReverseKernel  # noqa: E402
+from .kernels import BestGaussianKernel, ExactKernel, MixtureConstructionKernel, ReverseKernel  # noqa: E402
 from .mixture import GaussianMixture  # noqa: E402
 from .parameterization import posterior_coefficients, root_jump  # noqa: E402
 from .sampling import (  # noqa: E402
@@ -30,6 +30,7 @@ from .schedules import NoiseSchedule  # noqa: E402
 
 __all__ = [
     "BEST_GAUSSIAN_KINDS", "BestGaussianKernel", "ExactKernel", "Gaussian", "GaussianMixture",
+    "MixtureConstructionKernel",
     "LatentMixture", "MixturePosterior", "NoiseSchedule", "PointMass", "ReverseKernel", "StepInfo",
     "ancestral_sample", "best_gaussian", "chain_steps", "ddim_sample", "expected_eps",
     "expected_x0", "marginal", "mixture_score", "posterior", "posterior_coefficients",

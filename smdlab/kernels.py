@@ -36,7 +36,8 @@ from abc import ABC, abstractmethod
 
 import torch
 
-from .exact import BEST_GAUSSIAN_KINDS, best_gaussian_of, posterior_from_log_alpha_bars
+from .distributions import LatentMixture
+from .exact import BEST_GAUSSIAN_KINDS, MixturePosterior, best_gaussian_of, posterior_from_log_alpha_bars
 from .mixture import GaussianMixture
 from .parameterization import check_root_step, root_jump
 from .schedules import NoiseSchedule
@@ -83,10 +84,6 @@ class ReverseKernel(ABC):
     def jump(self, t: int, s: int) -> tuple[int, int, float, float]:
         """(t, s, log abar_t, log abar_s) of a jump between kept ROOT steps (else ValueError)."""
         return root_jump(self.schedule, t, s, self.name)
-
-    def _log_alpha_bars(self, t: int, s: int) -> tuple[float, float]:
-        _, _, lt, ls = self.jump(t, s)
-        return lt, ls
 
 
 class _MixtureOracle(ReverseKernel):
@@ -140,3 +137,64 @@ class BestGaussianKernel(_MixtureOracle):
         t, s, lt, ls = self.jump(t, s)
         post = posterior_from_log_alpha_bars(self.mixture, x_t, lt, ls)
         return best_gaussian_of(post, self.schedule.root, t, s, self.kind)
+
+
+# ---------------------------------------------------------------------------- SMD's construction
+
+
+class MixtureConstructionKernel(_MixtureOracle):
+    """SMD's expressivity construction (paper, Prop. 4.1) as a latent reverse kernel.
+
+    A latent z = (u, xi): u ~ U(0, 1) picks component k by the inverse CDF of the
+    responsibilities r_k(x_t), xi ~ N(0, I) adds an offset with covariance
+    (Sigma_k - sigma^2 I)_+ (the positive part, in Sigma_k's eigenbasis), and the step is
+    N(mean_k(x_t) + offset, sigma^2 I).  Integrated over z this is the mixture of N(mean_k,
+    Sigma_k with eigenvalues raised to at least sigma^2): the exact posterior whenever
+    sigma^2 <= the smallest eigenvalue of every posterior component covariance, a floor
+    otherwise (E5 measures both sides; see :mod:`smdlab.experiments.e5_smd_expressivity`).
+
+    Args:
+        mixture, schedule: the target and the root schedule.
+        variance: the isotropic step variance sigma^2: ``"beta_tilde"`` or ``"beta"`` (the DDPM
+            choices, :meth:`NoiseSchedule.kernel_variance`), or a float rho meaning
+            rho x (smallest eigenvalue of the jump's posterior component covariances).
+    ``distribution(..., n_latent=None)`` integrates the latent exactly (a mixture with floored
+    eigenvalues); ``n_latent=L`` draws L latents per point (u stratified, xi Gaussian) and returns
+    a LatentMixture, which is what any sampled latent kernel offers.
+    """
+
+    def __init__(self, mixture: GaussianMixture, schedule: NoiseSchedule, variance="beta_tilde"):
+        if not (variance in ("beta_tilde", "beta") or isinstance(variance, (int, float))):
+            raise ValueError(f"variance must be 'beta_tilde', 'beta' or a positive ratio; got "
+                             f"{variance!r}")
+        if isinstance(variance, (int, float)) and variance <= 0:
+            raise ValueError(f"variance ratio must be positive; got {variance}")
+        super().__init__(mixture, schedule)
+        self.variance = variance
+        self.name = f"smd-construction({variance})"
+
+    def step_variance(self, post: MixturePosterior, t: int, s: int) -> float:
+        if isinstance(self.variance, str):
+            return self.schedule.root.kernel_variance(t, s, self.variance)
+        return float(self.variance) * post.eigvals.min().item()
+
+    def distribution(self, x_t, t, s, generator=None, n_latent=None):
+        t, s, lt, ls = self.jump(t, s)
+        post = posterior_from_log_alpha_bars(self.mixture, x_t, lt, ls)
+        var = self.step_variance(post, t, s)
+        floored = post.eigvals.clamp_min(var)
+        if n_latent is None:
+            return MixturePosterior(post.x_t, post.log_weights, post.gain, post.offset, floored,
+                                    post.eigvecs, post.axis_aligned)
+        N, L, D = post.N, int(n_latent), post.D
+        # u stratified over [0, 1): (l + U) / L, then k = inverse CDF of r(x_t).
+        u = (torch.arange(L, dtype=x_t.dtype) + torch.rand(N, 1, dtype=x_t.dtype,
+                                                            generator=generator)) / L
+        cdf = post.weights.cumsum(-1)
+        k = torch.searchsorted(cdf, u.contiguous()).clamp_max(post.K - 1)           # (N, L)
+        extra = (post.eigvals - var).clamp_min(0.0).sqrt()                          # (K, D)
+        xi = torch.randn(N, L, D, dtype=x_t.dtype, generator=generator) * extra[k]
+        if not post.axis_aligned:
+            xi = torch.einsum("nlij,nlj->nli", post.eigvecs[k], xi)
+        means = torch.gather(post.means, 1, k[..., None].expand(N, L, D)) + xi
+        return LatentMixture(means, var)

@@ -11,14 +11,16 @@ from smdlab.experiments.base import VERDICTS, Outputs
 
 pytest.importorskip("smdlab.metrics")
 
-from smdlab.experiments import e6_toy, e7_latent_use, e8_few_steps  # noqa: E402
+from smdlab.diagnostics import latent_spread  # noqa: E402
+from smdlab.experiments import e6_toy, e7_latent_use, e8_few_steps, toy_zoo  # noqa: E402
+from smdlab.experiments.toy_config import ToyConfig, ToyEval, ToyZoo, replace_train  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def quick_runs(tmp_path_factory):
     out = Outputs(tmp_path_factory.mktemp("learned"))
     results = {}
-    for mod, cls in ((e6_toy, e6_toy.ToyConfig), (e7_latent_use, e7_latent_use.LatentUseConfig),
+    for mod, cls in ((e6_toy, ToyConfig), (e7_latent_use, e7_latent_use.LatentUseConfig),
                      (e8_few_steps, e8_few_steps.FewStepConfig)):
         results[mod.__name__.rsplit(".", 1)[1]] = mod.run(cls.quick(), out)
     return out, results
@@ -37,12 +39,12 @@ def test_quick_runs_write_results_and_figures(quick_runs):
             if line.startswith("!["):
                 assert (out.root / line[line.index("(") + 1:-1]).exists(), line
     e6 = results["e6_toy"].data
-    kinds = set(e6_toy.ToyConfig.quick().kinds)
+    kinds = set(ToyConfig.quick().zoo.kinds)
     assert {r["kind"] for r in e6["rows"]} == kinds
     # every model on its own chain and the full-chain models on the respaced chain
     assert {(r["train_S"], r["sample_S"]) for r in e6["rows"]} == {(1000, 1000), (1000, 4), (4, 4)}
     # the capacity-matched DDPM is within 5% of SMD's parameter count
-    assert abs(e6["params"]["ddpm_matched"] / e6["params"]["smd_jensen"] - 1) < 0.05
+    assert abs(e6["params"]["ddpm-matched"] / e6["params"]["smd-jensen"] - 1) < 0.05
     # E7 and E8 reused E6's models (trained once) and wrote their verdict rows
     claims = {v.claim.split(":")[0] for r in results.values() for v in r.verdicts}
     assert {"L1", "L2", "C5"} <= claims
@@ -50,40 +52,79 @@ def test_quick_runs_write_results_and_figures(quick_runs):
 
 def test_models_are_cached_on_disk(quick_runs, tmp_path):
     out, _ = quick_runs
-    cfg = e6_toy.ToyConfig.quick()
-    e6_toy._ZOO.clear()       # forget the in-process cache: the disk cache must serve
-    zoo = e6_toy.toy_zoo(cfg, out)
+    cfg = ToyConfig.quick()
+    toy_zoo.clear_memory_cache()       # forget the in-process cache: the disk cache must serve
+    zoo = toy_zoo.toy_zoo(cfg.zoo, out, cfg.seed)
     assert all(tm.cached for tm in zoo.values())
     assert all(tm.run_dir.parent == out.results / "models" for tm in zoo.values())
     assert len({tm.run_dir for tm in zoo.values()}) == len(zoo)   # one folder per model
 
 
 def test_latent_spread_is_zero_for_a_frozen_latent_and_true_spread_matches_mixture():
-    cfg = e6_toy.ToyConfig.quick()
+    cfg = ToyConfig.quick()
     root = NoiseSchedule.linear(1000)
     # On the root chain: a 4-step model refuses the root jump 5 -> 0 it does not keep.
-    model, _ = e6_toy.build(cfg, "smd_energy", root)
+    model, _ = toy_zoo.build(cfg.zoo, "smd-energy", root)
     mix = GaussianMixture.two_modes(2.0, 0.05)
     mix = GaussianMixture(mix.weights, torch.cat([mix.means, torch.zeros(2, 1, dtype=torch.float64)], 1),
                           torch.full((2,), 0.05 ** 2))
     g = torch.Generator().manual_seed(0)
-    learned, true = e7_latent_use.latent_spread(model.with_frozen_eta(), mix, root, 1000, 750,
+    learned, true = latent_spread(model.with_frozen_eta(), mix, root, 1000, 750,
                                                 64, 8, g)
     assert learned == 0.0
     # at t -> 0 from a low-noise x_t the posterior is one component: no spread
-    _, true_low = e7_latent_use.latent_spread(model, mix, root, 5, 0, 64, 8, g)
+    _, true_low = latent_spread(model, mix, root, 5, 0, 64, 8, g)
     assert true_low < 1e-3 < true
 
 
 def test_cache_key_ignores_evaluation_sizes_but_not_model_settings():
     import dataclasses
-    cfg = e6_toy.ToyConfig.quick()
-    key = e6_toy._run_key(cfg, "ddpm", 4, 0)
-    same = dataclasses.replace(cfg, n_eval=7, n_snapshot=3, n_grid=9, n_latent=2, chains=(4,),
-                               progress=True)
-    assert e6_toy._run_key(same, "ddpm", 4, 0) == key
-    assert e6_toy._run_key(dataclasses.replace(cfg, lr=1e-4), "ddpm", 4, 0) != key
-    assert e6_toy._run_key(cfg, "ddpm", 4, 1) != key
+    cfg = ToyConfig.quick()
+    key = toy_zoo.model_key(cfg.zoo, "ddpm", 4, 0)
+    same = dataclasses.replace(cfg, eval=ToyEval(n_eval=7, n_snapshot=3, n_grid=9, n_latent=2),
+                               zoo=replace_train(dataclasses.replace(cfg.zoo, chains=(4,)),
+                                                 progress=True))
+    assert toy_zoo.model_key(same.zoo, "ddpm", 4, 0) == key
+    assert toy_zoo.model_key(replace_train(cfg.zoo, lr=1e-4), "ddpm", 4, 0) != key
+    assert toy_zoo.model_key(cfg.zoo, "ddpm", 4, 1) != key
     # E7's own fields never change the shared models' keys either
     e7cfg = e7_latent_use.LatentUseConfig.quick()
-    assert e6_toy._run_key(e7cfg, "ddpm", 4, 0) == key
+    assert toy_zoo.model_key(e7cfg.zoo, "ddpm", 4, 0) == key
+
+
+def test_model_settings_outside_the_old_field_list_change_the_key():
+    """Every TrainConfig field that changes the weights enters the key (not only those the toy
+    config used to restate), and the batch size and model spec do too."""
+    import dataclasses
+    zoo = ToyZoo.quick()
+    key = toy_zoo.model_key(zoo, "smd-energy", 4, 0)
+    for changed in (replace_train(zoo, grad_clip=0.5), replace_train(zoo, weight_decay=1e-4),
+                    dataclasses.replace(zoo, batch_size=64),
+                    dataclasses.replace(zoo, model=dataclasses.replace(zoo.model, n_energy=3))):
+        assert toy_zoo.model_key(changed, "smd-energy", 4, 0) != key
+    assert toy_zoo.model_key(replace_train(zoo, keep_checkpoints=3), "smd-energy", 4, 0) == key
+
+
+def test_evaluation_memo_is_keyed_by_content_not_identity(quick_runs):
+    """E6 and E8 score the same draws: a reloaded model (a new object) hits the same memo entry
+    and a fresh scoring of the same kernel reproduces it."""
+    from smdlab.experiments import toy_eval
+    out, _ = quick_runs
+    cfg = ToyConfig.quick()
+    toy_zoo.clear_memory_cache()
+    tm = toy_zoo.toy_zoo(cfg.zoo, out, cfg.seed)["ddpm", 4, 0]
+    row, x = toy_eval.evaluate(tm, cfg.zoo, 4, cfg.eval)
+    again, _ = toy_eval.score(cfg.zoo.target.mixture(), tm.kernel, cfg.zoo.chain(4), cfg.eval,
+                              toy_eval.sample_seed(tm, 4))
+    assert row == pytest.approx(again)
+    assert toy_eval.sample_seed(tm, 4) != toy_eval.sample_seed(tm, 2)
+
+
+def test_reloaded_models_report_their_original_training_time(quick_runs):
+    out, results = quick_runs
+    first = {(r["kind"], r["train_S"]): r["train_seconds"] for r in results["e6_toy"].data["rows"]}
+    cfg = ToyConfig.quick()
+    toy_zoo.clear_memory_cache()
+    for (kind, S, _), tm in toy_zoo.toy_zoo(cfg.zoo, out, cfg.seed).items():
+        assert tm.cached and tm.seconds > 0
+        assert tm.seconds == pytest.approx(first[kind, S])

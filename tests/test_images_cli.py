@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from smdlab.images.__main__ import main
+from smdlab.images.report import flat_config
 
 from .test_images_data import write_mnist
 
@@ -44,7 +45,7 @@ def test_smoke_run_writes_everything(smoke_run):
     smd, matched = models["long-smd-energy"]["parameters"], models["long-ddpm-matched"]["parameters"]
     assert abs(matched / smd - 1) <= 0.05
     rows = [e for e in res["evaluations"] if e["protocol"] != "data"]
-    cfg = res["config"]
+    cfg = flat_config(res)
     # every model: ancestral at each sample_steps + DDIM (long), ancestral + DDIM (+ frozen) (short)
     assert len(rows) == 4 * (len(cfg["sample_steps"]) + len(cfg["ddim_steps"])) + 4 * 2 + 2 + 1
     for e in rows:
@@ -99,8 +100,40 @@ def test_torchrun_two_cpu_processes_end_to_end(tmp_path):
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     res = json.loads((tmp_path / "results" / "images" / "images.json").read_text())["result"]
     assert res["world_size"] == 2
-    assert all(m["global_batch"] == 2 * res["config"]["batch_size"] for m in res["models"].values())
+    assert all(m["global_batch"] == 2 * flat_config(res)["batch_size"] for m in res["models"].values())
     # one writer: each run folder holds one checkpoint and one log
     for run in (tmp_path / "runs" / "images").iterdir():
         if run.is_dir():
             assert sorted(p.name for p in run.iterdir()) == ["ckpt_00000006.pt", "log.json"]
+
+
+def test_resume_with_flip_changed_is_an_error(smoke_run, capsys):
+    """--flip changes training: a resume must refuse it (it used to train without flips while
+    its JSON said flip: true)."""
+    assert main(["--preset", "smoke", "--out", str(smoke_run), "--flip"]) == 2
+    err = capsys.readouterr().err
+    assert "config differs" in err and "flip" in err
+
+
+def test_smoke_report_issues_no_verdicts(smoke_run):
+    report = (smoke_run / "REPORT-images.md").read_text()
+    verdict = report.split("## Verdict")[1]
+    assert "not tested (smoke run)" in verdict and "Smoke run" in verdict
+    for status in ("| holds |", "| holds with qualification |", "| does not hold as stated |"):
+        assert status not in verdict
+
+
+@pytest.mark.slow
+def test_resume_with_different_pixels_is_an_error(tmp_path, capsys):
+    """Same dataset name and image count, different pixels: the data fingerprint in every
+    model's checkpoint config refuses the resume."""
+    data = tmp_path / "mnist"
+    write_mnist(data, n=64, prefix="train")
+    write_mnist(data, n=32, prefix="t10k", seed=1)
+    args = ["--preset", "tiny", "--dataset", "mnist", "--data-root", str(data), "--out",
+            str(tmp_path / "out")]
+    assert main(args) == 0
+    write_mnist(data, n=64, prefix="train", seed=7)
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "config differs" in err and "data_fingerprint" in err

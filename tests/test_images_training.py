@@ -130,3 +130,26 @@ def test_two_process_ddp_step(tmp_path):
     assert [p.name for p in checkpoint_paths(tmp_path / "run")] == [
         "ckpt_00000001.pt", "ckpt_00000002.pt"]
     assert names == ["ckpt_00000001.pt", "ckpt_00000002.pt", "log.json"]
+
+
+def test_a_resume_reports_the_original_step_time(tmp_path):
+    """A rerun that only reloads finished weights must not report the reload's time per step."""
+    from smdlab.images.experiment import _timing
+
+    first = _run(tmp_path, 4, ModelSpec("ddpm"))
+    measured, _, seconds = _timing(tmp_path, first, True)
+    assert measured == first.step_seconds > 0 and seconds == first.result.seconds > 0
+    again = _run(tmp_path, 4, ModelSpec("ddpm"))       # nothing left to train
+    assert again.result.resumed_from == again.result.step == 4
+    assert _timing(tmp_path, again, True)[0::2] == (measured, seconds)
+
+
+def test_data_fingerprint_sees_pixels_not_just_shape():
+    from smdlab.images.experiment import data_fingerprint
+
+    a = images(seed=0)
+    assert data_fingerprint(a) == data_fingerprint(a.clone())
+    b = a.clone()
+    b[3, 0, 2, 2] += 1e-3
+    assert data_fingerprint(b) != data_fingerprint(a)
+    assert data_fingerprint(a.double()) != data_fingerprint(a)

@@ -11,6 +11,7 @@ from smdlab import (
     BestGaussianKernel,
     ExactKernel,
     GaussianMixture,
+    MixtureConstructionKernel,
     NoiseSchedule,
     ancestral_sample,
     ddim_sample,
@@ -61,6 +62,7 @@ KERNELS = {
     "exact": lambda s: ExactKernel(MIX, s),
     **{f"gaussian-{k}": (lambda s, k=k: BestGaussianKernel(MIX, s, k))
        for k in ("moment", "isotropic", "beta_tilde", "beta")},
+    "smd-construction": lambda s: MixtureConstructionKernel(MIX, s),
     "ddpm-vector": _vec_ddpm,
     "smd-vector": _vec_smd,
     "ddpm-image": _img("ddpm"),

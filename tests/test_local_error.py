@@ -141,7 +141,7 @@ def test_step_scorer_on_a_chain():
 
 
 def test_smd_construction_exact_below_lambda_min_and_sampled_latents_converge():
-    from smdlab.experiments.e5_smd_expressivity import MixtureConstructionKernel
+    from smdlab.kernels import MixtureConstructionKernel
 
     mix = GaussianMixture([0.5, 0.5], [[-1.0], [1.0]], [0.01, 0.01])
     t, s = 300, 200

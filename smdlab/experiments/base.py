@@ -3,26 +3,57 @@
 An experiment is a module with a config dataclass (field defaults, and a ``quick()`` constructor) and a
 ``run(config, out) -> ExperimentResult`` function.  The CLI (``python -m smdlab``), the notebooks and
 the tests all call the same functions.  Each run writes ``results/<name>.json`` (with
-:func:`smdlab.provenance.run_metadata`) and its figures under ``figures/``.
+:func:`smdlab.provenance.run_metadata` and the run id of its :class:`Outputs`) and its figures under
+``figures/``; the report checks that every section's summary and result carry the same run id.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import os
+import secrets
+import tempfile
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..provenance import REPO_ROOT, run_metadata, write_json
 
-VERDICTS = ("holds", "holds with qualification", "does not hold as stated", "not tested")
+SMOKE_STATUS = "not tested (smoke run)"
+VERDICTS = ("holds", "holds with qualification", "does not hold as stated", "not tested",
+            SMOKE_STATUS)
+
+
+def new_run_id() -> str:
+    """A fresh run id: UTC time and 6 random hex digits (sortable, unique per invocation)."""
+    return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + secrets.token_hex(3)
+
+
+def check_writable(folder, what: str = "--out") -> Path:
+    """Create ``folder`` if needed and prove a file can be written and renamed there (what every
+    output of a run does), before any work starts.  Raises ValueError naming ``what``."""
+    if folder is None or str(folder).strip() == "":
+        raise ValueError(f"{what} must be a folder path; got an empty string")
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".smdlab-write-test.", suffix=".tmp")
+        os.close(fd)
+        os.replace(tmp, tmp + ".renamed")
+        os.unlink(tmp + ".renamed")
+    except OSError as e:
+        raise ValueError(f"{what} {folder} is not writable: {e.strerror or e}") from e
+    return folder
 
 
 @dataclass
 class Outputs:
-    """Output locations: ``root/figures``, ``root/results`` and ``root/REPORT.md``."""
+    """Output locations: ``root/figures``, ``root/results`` and ``root/REPORT.md``; ``run_id``
+    marks every result and summary this invocation writes."""
 
     root: Path
+    run_id: str = field(default_factory=new_run_id)
 
     @classmethod
     def default(cls) -> Outputs:
@@ -81,8 +112,8 @@ class ExperimentResult:
 
 
 def save_result(name: str, config, data: dict, out: Outputs) -> Path:
-    """Write results/<name>.json with the run metadata (config, seed, version, commit)."""
-    payload = {"experiment": name, **run_metadata(config), "result": data}
+    """Write results/<name>.json with the run metadata (config, seed, version, commit, run id)."""
+    payload = {"experiment": name, "run_id": out.run_id, **run_metadata(config), "result": data}
     return write_json(out.results / f"{name}.json", payload)
 
 
@@ -92,7 +123,8 @@ class Experiment:
     title: str
     config_cls: type
     run: Callable
-    heavy: bool = False   # trains networks (used for ordering and the --quick budget)
+    in_lab: bool = True   # run by a plain `python -m smdlab` (the image comparison is not)
+    summarize: Callable | None = None   # rebuilds the summary from the committed result JSON
 
     def config(self, quick: bool = False, **overrides):
         # A config's defaults are its field defaults unless it defines default() itself.
@@ -104,11 +136,17 @@ class Experiment:
 REGISTRY: dict[str, Experiment] = {}
 
 
-def register(name: str, title: str, config_cls: type, heavy: bool = False):
-    """Decorator for an experiment's run function: adds it to the registry under ``name``."""
+def register(name: str, title: str, config_cls: type, in_lab: bool = True,
+             summarize: Callable | None = None):
+    """Decorator for an experiment's run function: adds it to the registry under ``name``.
+
+    in_lab=False keeps it out of the default ``python -m smdlab`` run (it runs when named);
+    ``summarize(out) -> dict | None`` lets the report rebuild its section from its committed
+    result without rerunning it.
+    """
     def deco(fn):
         if name in REGISTRY:
             raise ValueError(f"experiment {name!r} registered twice")
-        REGISTRY[name] = Experiment(name, title, config_cls, fn, heavy)
+        REGISTRY[name] = Experiment(name, title, config_cls, fn, in_lab, summarize)
         return fn
     return deco

@@ -21,6 +21,7 @@ from ..local_error import point_kl_quadrature
 from ..provenance import save_figure
 from ..sampling import chain_steps
 from ..schedules import NoiseSchedule
+from ..targets import make_target
 from .base import ExperimentResult, Outputs, Verdict, register, save_result
 
 
@@ -43,7 +44,6 @@ class E1Config:
 
 
 def _jumps(root, S):
-    from .e2_bottleneck import make_target  # imported late so that E1 registers before E2
 
     pairs = chain_steps(ExactKernel(make_target("two_modes"), root), root.respace(S))
     idx = sorted({0, len(pairs) // 2, len(pairs) - 1})
@@ -71,7 +71,6 @@ def _panel(mix, root, t, s, x_t, cfg, g):
 def run(cfg: E1Config, out: Outputs) -> ExperimentResult:
     import matplotlib.pyplot as plt
 
-    from .e2_bottleneck import make_target
 
     t0 = time.time()
     g = torch.Generator().manual_seed(cfg.seed)

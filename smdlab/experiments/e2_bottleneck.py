@@ -19,26 +19,16 @@ import torch
 from ..exact import BEST_GAUSSIAN_KINDS
 from ..kernels import BestGaussianKernel
 from ..local_error import LocalErrorCurve, local_error_curves, local_errors
-from ..mixture import GaussianMixture
 from ..provenance import save_figure
 from ..sampling import chain_steps
 from ..schedules import NoiseSchedule
+from ..targets import make_target
 from .base import ExperimentResult, Outputs, Verdict, register, save_result
 
 KIND_LABELS = {"moment": "moment-matched", "isotropic": "isotropic (free variance)",
                "beta_tilde": "variance beta-tilde", "beta": "variance beta"}
 KIND_COLORS = {"moment": "tab:blue", "isotropic": "tab:green", "beta_tilde": "tab:orange",
                "beta": "tab:red"}
-
-
-def make_target(name: str) -> GaussianMixture:
-    """The lab's named targets: "grid" (7 x 7, spacing 0.5, std 0.05) and "two_modes" (1-D, +-1,
-    std 0.1)."""
-    if name == "grid":
-        return GaussianMixture.grid(7, 0.5, 0.05)
-    if name == "two_modes":
-        return GaussianMixture.two_modes(2.0, 0.1)
-    raise ValueError(f"unknown target {name!r}; choose 'grid' or 'two_modes'")
 
 
 @dataclass

@@ -5,20 +5,12 @@ standard deviation (on the last jump, to x_0, in particular), (c) the dimension 
 (d) fewer steps; and (e) for N in {1, 5, 10}, a search for a mixture whose M_t exceeds N at EVERY
 jump of a chain.
 
-A bound settles what no search can (derived in this module, checked numerically here).  For a
-mixture whose components share one isotropic covariance lambda I (any number of components, any
-means and weights), the moment-matched and isotropic kernels satisfy, for a jump t -> s,
-
-    M_{t->s} <= (D/2) log(1 + (abar_s - abar_t) / (abar_t (abar_s lambda + 1 - abar_s))).
-
-Proof sketch: KL(q || N(mu, (tr C / D) I)) <= (D/2) log(tr C / (D w^2)) because the entropy of a
-mixture is at least its components' entropy (w^2 = b p / q is their variance); the spread of the
-component means at x_t is (abar_s)(b/q)^2 Var(m_K | x_t), and E Var(m_K | x_t) <= D q / abar_t (the
-MMSE of a location observed with noise q / abar_t); Jensen moves the expectation inside the log.
-For s >= 1 the right side is at most (D/2) log(SNR_s / SNR_t) with SNR = abar / (1 - abar),
-whatever the mixture: only the last jump (s = 0) is unbounded in a fixed dimension, and only as
-lambda -> 0 (like (D/2) log(1 / (SNR_t lambda))).  The bound also telescopes: the sum over the jumps
-with s >= 1 is at most (D/2) log(SNR_{t_1} / SNR_T), for any number of steps.
+A bound settles what no search can: the equal-variance bound of :mod:`smdlab.bounds` (derived
+there, checked numerically here) caps M_{t->s} of the moment-matched and isotropic kernels for any
+mixture whose components share one isotropic covariance lambda I.  For s >= 1 it is at most
+(D/2) log(SNR_s / SNR_t) whatever the mixture, so only the last jump (s = 0) is unbounded in a fixed
+dimension, and only as lambda -> 0; summed over the jumps with s >= 1 it telescopes to
+(D/2) log(SNR_{t_1} / SNR_T) for any number of steps.
 """
 
 from __future__ import annotations
@@ -31,6 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from ..bounds import equal_variance_bound
 from ..kernels import BestGaussianKernel
 from ..local_error import local_errors
 from ..mixture import GaussianMixture
@@ -38,17 +31,6 @@ from ..provenance import save_figure
 from ..sampling import chain_steps
 from ..schedules import NoiseSchedule
 from .base import ExperimentResult, Outputs, Verdict, register, save_result
-
-
-def equal_variance_bound(schedule: NoiseSchedule, t: int, s: int, lam: float, D: int) -> float:
-    """The module's bound on M_{t->s} (root steps) for mixtures with shared covariance lam I."""
-    root = schedule.root
-    ab_t, ab_s = root.alpha_bars[t].item(), root.alpha_bars[s].item()
-    om_s = root.one_minus_alpha_bars[s].item()
-    denom = ab_t * (ab_s * lam + om_s)
-    if denom <= 0:
-        return math.inf
-    return 0.5 * D * math.log1p((ab_s - ab_t) / denom)
 
 
 def log_subset(T: int, n: int) -> list[int]:

@@ -28,8 +28,8 @@ from ..metrics import sample_metrics
 from ..provenance import save_figure
 from ..sampling import ancestral_sample, prior_sample
 from ..schedules import NoiseSchedule
+from ..targets import make_target
 from .base import ExperimentResult, Outputs, Verdict, register, save_result
-from .e2_bottleneck import make_target
 
 COLORS = {"exact": "black", "gaussian-beta_tilde": "tab:orange", "gaussian-isotropic": "tab:green",
           "gaussian-moment": "tab:blue"}

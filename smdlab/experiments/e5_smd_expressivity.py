@@ -22,75 +22,14 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..distributions import LatentMixture
-from ..exact import MixturePosterior, posterior_from_log_alpha_bars
-from ..kernels import ReverseKernel
+from ..exact import posterior_from_log_alpha_bars
+from ..kernels import MixtureConstructionKernel
 from ..local_error import local_errors
-from ..mixture import GaussianMixture
 from ..provenance import save_figure
 from ..sampling import chain_steps
 from ..schedules import NoiseSchedule
+from ..targets import make_target
 from .base import ExperimentResult, Outputs, Verdict, register, save_result
-
-
-class MixtureConstructionKernel(ReverseKernel):
-    """The SMD construction above as a latent reverse kernel.
-
-    Args:
-        mixture, schedule: the target and the root schedule.
-        variance: the isotropic step variance sigma^2: ``"beta_tilde"`` or ``"beta"`` (the DDPM
-            choices, :meth:`NoiseSchedule.kernel_variance`), or a float rho meaning
-            rho x (smallest eigenvalue of the jump's posterior component covariances).
-    ``distribution(..., n_latent=None)`` integrates the latent exactly (a mixture with floored
-    eigenvalues); ``n_latent=L`` draws L latents per point (u stratified, xi Gaussian) and returns
-    a LatentMixture, which is what any sampled latent kernel offers.
-    """
-
-    def __init__(self, mixture: GaussianMixture, schedule: NoiseSchedule, variance="beta_tilde"):
-        if not (variance in ("beta_tilde", "beta") or isinstance(variance, (int, float))):
-            raise ValueError(f"variance must be 'beta_tilde', 'beta' or a positive ratio; got "
-                             f"{variance!r}")
-        if isinstance(variance, (int, float)) and variance <= 0:
-            raise ValueError(f"variance ratio must be positive; got {variance}")
-        self.mixture, self.schedule, self.variance = mixture, schedule, variance
-        self.dim = mixture.D
-        self.name = f"smd-construction({variance})"
-
-    def step_variance(self, post: MixturePosterior, t: int, s: int) -> float:
-        if isinstance(self.variance, str):
-            return self.schedule.root.kernel_variance(t, s, self.variance)
-        return float(self.variance) * post.eigvals.min().item()
-
-    def distribution(self, x_t, t, s, generator=None, n_latent=None):
-        lt, ls = self._log_alpha_bars(t, s)
-        post = posterior_from_log_alpha_bars(self.mixture, x_t, lt, ls)
-        var = self.step_variance(post, int(t), int(s))
-        floored = post.eigvals.clamp_min(var)
-        if n_latent is None:
-            return MixturePosterior(post.x_t, post.log_weights, post.gain, post.offset, floored,
-                                    post.eigvecs, post.axis_aligned)
-        N, L, D = post.N, int(n_latent), post.D
-        # u stratified over [0, 1): (l + U) / L, then k = inverse CDF of r(x_t).
-        u = (torch.arange(L, dtype=x_t.dtype) + torch.rand(N, 1, dtype=x_t.dtype,
-                                                            generator=generator)) / L
-        cdf = post.weights.cumsum(-1)
-        k = torch.searchsorted(cdf, u.contiguous()).clamp_max(post.K - 1)           # (N, L)
-        extra = (post.eigvals - var).clamp_min(0.0).sqrt()                          # (K, D)
-        xi = torch.randn(N, L, D, dtype=x_t.dtype, generator=generator) * extra[k]
-        if not post.axis_aligned:
-            xi = torch.einsum("nlij,nlj->nli", post.eigvecs[k], xi)
-        means = torch.gather(post.means, 1, k[..., None].expand(N, L, D)) + xi
-        return LatentMixture(means, var)
-
-
-def anisotropic_target() -> GaussianMixture:
-    """Three elongated, rotated 2-D components (so the smallest eigenvalue matters)."""
-    ang = torch.tensor([0.0, 1.0, 2.2], dtype=torch.float64)
-    R = torch.stack([torch.stack([ang.cos(), -ang.sin()], -1),
-                     torch.stack([ang.sin(), ang.cos()], -1)], -2)
-    lam = torch.tensor([[0.3, 0.004], [0.2, 0.01], [0.1, 0.002]], dtype=torch.float64)
-    cov = R @ torch.diag_embed(lam) @ R.transpose(-1, -2)
-    return GaussianMixture([0.4, 0.35, 0.25], [[-1.0, 0.0], [1.0, 0.5], [0.0, -1.0]], cov)
 
 
 @dataclass
@@ -108,11 +47,6 @@ class E5Config:
         return cls(steps=4, ratios=(0.5, 1.0, 4.0), latent_counts=(4, 64), n_points=256)
 
 
-def _target(name):
-    if name == "anisotropic":
-        return anisotropic_target()
-    from .e2_bottleneck import make_target
-    return make_target(name)
 
 
 @register("e5", "SMD expressivity: the mixture construction, exact iff sigma^2 <= lambda_min",
@@ -124,7 +58,7 @@ def run(cfg: E5Config, out: Outputs) -> ExperimentResult:
     chain = root.respace(cfg.steps)
     data = {"targets": {}}
     for tname in cfg.targets:
-        mix = _target(tname)
+        mix = make_target(tname)
         variants = [("ratio", r) for r in cfg.ratios] + [("rule", "beta_tilde"), ("rule", "beta")]
         kernels = [MixtureConstructionKernel(mix, root, v) for _, v in variants]
         pairs = chain_steps(kernels[0], chain)

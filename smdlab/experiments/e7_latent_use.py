@@ -1,7 +1,7 @@
 """E7: does SMD use its latent?
 
 For each SMD objective (jensen, multisample, energy), on the few-step chain of the toy (the same
-trained models as E6, from :func:`smdlab.experiments.e6_toy.toy_zoo`):
+trained models as E6, from :func:`smdlab.experiments.toy_zoo.toy_zoo`):
 
   * latent spread: at fixed x_t ~ q(x_t), the RMS spread over eta of the predicted step mean,
     sqrt(E_x E_eta ||mu(x_t, z(eta)) - E_eta mu||^2), against the spread of the true posterior's
@@ -22,32 +22,38 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
-from ..exact import marginal, posterior
+from ..diagnostics import latent_spread
 from ..global_error import grid_global_error
 from ..kernels import BestGaussianKernel
 from ..local_error import local_errors
 from ..provenance import save_figure
 from ..sampling import chain_steps
 from .base import ExperimentResult, Outputs, Verdict, register, save_result
-from .e6_toy import COLORS, LABELS, ToyConfig, chain_of, fmt, mean_spread, root_schedule, target, toy_zoo
+from .toy_config import COLORS, LABELS, ToyEval, ToyModelSpec, ToyTarget, ToyZoo, toy_train_config
+from .toy_eval import fmt, mean_spread
+from .toy_zoo import toy_zoo
 
-SMD_KINDS = ("smd_jensen", "smd_multisample", "smd_energy")
+SMD_KINDS = ("smd-jensen", "smd-multisample", "smd-energy")
 
 
 @dataclass
-class LatentUseConfig(ToyConfig):
-    """ToyConfig (shared models) plus E7's measurement sizes.
+class LatentUseConfig:
+    """E7: the shared toy models (``zoo``, ``eval``: the same values as E6's) plus E7's sizes.
 
     study_S: the chain studied (the smallest few-step chain by default); n_points: x_t per jump
     for the spread; n_eta: latent draws per x_t; n_points_local, n_mc, n_latent_local: sizes of
-    the local-error estimator (see :func:`smdlab.local_error.local_errors`).
+    the local-error estimator (see :func:`smdlab.local_error.local_errors`); two_modes: also run
+    the 1-D two-mode study (:func:`two_modes_zoo`), its models trained for two_modes_steps.
     """
 
+    seed: int = 0
+    zoo: ToyZoo = field(default_factory=ToyZoo)
+    eval: ToyEval = field(default_factory=ToyEval)
     study_S: int = 4
     n_points: int = 512
     n_eta: int = 32
@@ -59,46 +65,34 @@ class LatentUseConfig(ToyConfig):
 
     @classmethod
     def quick(cls) -> LatentUseConfig:
-        base = ToyConfig.quick()
-        return cls(**{f: getattr(base, f) for f in ToyConfig.__dataclass_fields__},
-                   n_points=128, n_eta=8, n_points_local=256, n_latent_local=8,
-                   two_modes_steps=30)
+        return cls(zoo=ToyZoo.quick(), eval=ToyEval.quick(), n_points=128, n_eta=8,
+                   n_points_local=256, n_latent_local=8, two_modes_steps=30)
 
 
-def two_modes_config(cfg: LatentUseConfig) -> ToyConfig:
+def two_modes_zoo(cfg: LatentUseConfig) -> tuple[ToyZoo, ToyEval]:
     """The second study: 1-D modes at +-1 (std 0.1) with a 2-step chain, small networks that train
-    in seconds (the setting of the objectives test), three seeds."""
-    return ToyConfig(seed=cfg.seed, T=cfg.T, target_name="two_modes", grid_spacing=2.0,
-                     grid_std=0.1, chains=(2,), kinds=("ddpm", *SMD_KINDS), n_seeds=cfg.n_seeds,
-                     seed_chains=(2,), hidden=64, time_dim=32, gen_hidden=32, latent_dim=8,
-                     noise_dim=2, inner_dim=16, n_multisample=4, n_energy=4,
-                     train_steps=cfg.two_modes_steps, batch=256, lr=3e-3, ema_decay=0.95,
-                     warmup_steps=0, snapshots=(0.2, 0.5, 1.0), n_eval=cfg.n_eval,
-                     n_grid=512, n_latent=cfg.n_latent, progress=cfg.progress)
-
-
-def latent_spread(kernel, mix, root, t: int, s: int, n_points: int, n_eta: int,
-                  generator: torch.Generator) -> tuple[float, float]:
-    """(learned spread, true spread) at the jump t -> s, RMS over x_t ~ q(x_t)."""
-    x_t = marginal(mix, root, t).sample(n_points, generator)
-    means = kernel.distribution(x_t, t, s, generator=generator, n_latent=n_eta).means
-    learned = (means - means.mean(1, keepdim=True)).square().sum(-1).mean().sqrt().item()
-    post = posterior(mix, root, x_t, t, s)
-    dev = post.means - post.mean()[:, None, :]
-    true = (post.weights * dev.square().sum(-1)).sum(-1).mean().sqrt().item()
-    return learned, true
+    in seconds (the setting of the objectives test), the zoo's seed count."""
+    zoo = ToyZoo(T=cfg.zoo.T, target=ToyTarget("two_modes", spacing=2.0, std=0.1),
+                 model=ToyModelSpec(hidden=64, time_dim=32, gen_hidden=32, latent_dim=8,
+                                    noise_dim=2, inner_dim=16, n_multisample=4, n_energy=4),
+                 train=toy_train_config(steps=cfg.two_modes_steps, lr=3e-3, ema_decay=0.95,
+                                        warmup_steps=0, progress=cfg.zoo.train.progress),
+                 batch_size=256, chains=(2,), kinds=("ddpm", *SMD_KINDS),
+                 n_seeds=cfg.zoo.n_seeds, seed_chains=(2,), snapshots=(0.2, 0.5, 1.0))
+    return zoo, ToyEval(n_eval=cfg.eval.n_eval, n_grid=512, n_latent=cfg.eval.n_latent)
 
 
 @register("e7", "Does SMD use its latent? Spread over eta, local error vs the Gaussian floor, "
-          "frozen-eta ablation", LatentUseConfig, heavy=True)
+          "frozen-eta ablation", LatentUseConfig)
 def run(cfg: LatentUseConfig, out: Outputs) -> ExperimentResult:
     t0 = time.perf_counter()
-    studies = [("grid", cfg, cfg.study_S if cfg.study_S in cfg.chains else min(cfg.chains))]
+    zc = cfg.zoo
+    studies = [("grid", (zc, cfg.eval), cfg.study_S if cfg.study_S in zc.chains else min(zc.chains))]
     if cfg.two_modes:
-        studies.append(("two_modes", two_modes_config(cfg), 2))
+        studies.append(("two_modes", two_modes_zoo(cfg), 2))
     data, figs, sections, rows_by = {}, [], [], {}
-    for tag, tcfg, S in studies:
-        d, rows, fig = _study(tag, tcfg, cfg, S, out)
+    for tag, (tzoo, tsizes), S in studies:
+        d, rows, fig = _study(tag, tzoo, tsizes, cfg, S, out)
         data[tag], rows_by[tag] = d, rows
         figs.append(fig)
         sections.append(_table(tag, S, rows, d["seeds"]))
@@ -114,15 +108,15 @@ def run(cfg: LatentUseConfig, out: Outputs) -> ExperimentResult:
     return ExperimentResult("e7", data, json_path, figs, summary, verdicts, headline)
 
 
-def _study(tag, tcfg: ToyConfig, cfg: LatentUseConfig, S: int, out: Outputs):
+def _study(tag, tzoo: ToyZoo, sizes: ToyEval, cfg: LatentUseConfig, S: int, out: Outputs):
     """Every measurement on one target: returns (data, summary rows, figure path)."""
     import matplotlib.pyplot as plt
 
-    mix = target(tcfg)
-    root = root_schedule(tcfg)
-    chain = chain_of(root, S)
-    zoo = toy_zoo(tcfg, out)
-    kinds = [k for k in SMD_KINDS if k in tcfg.kinds]
+    mix = tzoo.target.mixture()
+    root = tzoo.root()
+    chain = tzoo.chain(S)
+    zoo = toy_zoo(tzoo, out, cfg.seed)
+    kinds = [k for k in SMD_KINDS if k in tzoo.kinds]
     seeds = sorted({sd for (k, s_, sd) in zoo if s_ == S})
     pairs = chain_steps(zoo[kinds[0], S, 0].kernel, chain)
     g = torch.Generator().manual_seed(cfg.seed + 7)
@@ -135,7 +129,7 @@ def _study(tag, tcfg: ToyConfig, cfg: LatentUseConfig, S: int, out: Outputs):
                     for t, s in pairs]
             spread_training[kind][step] = {"learned": [v[0] for v in vals],
                                            "true": [v[1] for v in vals]}
-    final_step = tcfg.train_steps
+    final_step = tzoo.train.steps
     ratio = {}
     for kind in kinds:
         ratio[kind] = []
@@ -160,7 +154,7 @@ def _study(tag, tcfg: ToyConfig, cfg: LatentUseConfig, S: int, out: Outputs):
                 local.setdefault(k.name, {}).setdefault(sd, [None] * len(pairs))[j] = \
                     (r.mean, r.se)
         for k in kernels[1:]:
-            r = grid_global_error(mix, k, chain, n_grid=tcfg.n_grid, n_latent=tcfg.n_latent,
+            r = grid_global_error(mix, k, chain, n_grid=sizes.n_grid, n_latent=sizes.n_latent,
                                   generator=g)
             gkl.setdefault(k.name, {})[sd] = r["kl"] if math.isfinite(r["kl"]) else math.inf
     rows = {}
@@ -259,25 +253,25 @@ def _verdicts(rows_by: dict, steps: dict):
     fig = "figures/e7_latent_use.png"
 
     def collapsed(rows):
-        r = rows["smd_jensen"]
+        r = rows["smd-jensen"]
         return r["spread_ratio"] < 0.1
 
     def escaped(rows, k):
         return k in rows and rows[k]["spread_ratio"] > 0.3 and rows[k]["sum_M"] < rows["floor"]["sum_M"]
 
     def ev_j(tag, rows):
-        r, fr = rows["smd_jensen"], rows["smd_jensen-frozen"]
+        r, fr = rows["smd-jensen"], rows["smd-jensen-frozen"]
         return (f"{tag} ({steps[tag]} steps): spread ratio {fmt(r['spread_ratio'], r['spread_ratio_sd'])}, "
                 f"sum M {fmt(r['sum_M'])} vs floor {fmt(rows['floor']['sum_M'])}, global KL "
                 f"{fmt(r['global_kl'])} (frozen eta {fmt(fr['global_kl'])})")
-    tags = [t for t in rows_by if "smd_jensen" in rows_by[t]]
+    tags = [t for t in rows_by if "smd-jensen" in rows_by[t]]
     if tags:
         n_coll = sum(collapsed(rows_by[t]) for t in tags)
         status = ("holds" if n_coll == len(tags) else
                   "holds with qualification" if n_coll else "does not hold as stated")
         verdicts.append(Verdict("L1: the paper's jensen objective collapses SMD to a Gaussian kernel",
                                 status, "; ".join(ev_j(t, rows_by[t]) for t in tags), fig))
-    alt = ("smd_multisample", "smd_energy")
+    alt = ("smd-multisample", "smd-energy")
     parts, wins, total = [], 0, 0
     for tag, rows in rows_by.items():
         for k in alt:

@@ -1,6 +1,6 @@
 """E8: few-step sweep.  Global error and sample metrics against the number of sampling steps S
 for every model of the toy (the same trained models as E6, from
-:func:`smdlab.experiments.e6_toy.toy_zoo`):
+:func:`smdlab.experiments.toy_zoo.toy_zoo`):
 
   * the models trained on the full chain, sampled on respaced S-step chains;
   * the models trained on a few-step chain, sampled on that chain (all seeds);
@@ -18,68 +18,56 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from ..provenance import save_figure
 from .base import ExperimentResult, Outputs, Verdict, register, save_result
-from .e6_toy import (
-    COLORS,
-    LABELS,
-    ToyConfig,
-    chain_of,
-    evaluate,
-    fmt,
-    mean_spread,
-    references,
-    root_schedule,
-    target,
-    toy_zoo,
-)
+from .toy_config import COLORS, LABELS, ToyEval, ToyZoo
+from .toy_eval import evaluate, fmt, mean_spread, references
+from .toy_zoo import toy_zoo
 
 
 @dataclass
-class FewStepConfig(ToyConfig):
-    """ToyConfig (shared models) plus the sweep of sampling steps (grid KL for S <= 100)."""
+class FewStepConfig:
+    """E8: the shared toy models (``zoo``, ``eval``: the same values as E6's) plus the sweep of
+    sampling steps (grid KL for S <= 100)."""
 
-    sweep: tuple = (2, 4, 10, 25)
+    seed: int = 0
+    zoo: ToyZoo = field(default_factory=ToyZoo)
+    eval: ToyEval = field(default_factory=ToyEval)
+    sweep: tuple[int, ...] = (2, 4, 10, 25)
 
     @classmethod
     def quick(cls) -> FewStepConfig:
-        base = ToyConfig.quick()
-        return cls(**{f: getattr(base, f) for f in ToyConfig.__dataclass_fields__},
-                   sweep=(2, 4))
+        return cls(zoo=ToyZoo.quick(), eval=ToyEval.quick(), sweep=(2, 4))
 
 
 @register("e8", "Few-step sweep: global error and sample metrics vs sampling steps, with the "
-          "oracle Gaussian floor and the exact chain", FewStepConfig, heavy=True)
+          "oracle Gaussian floor and the exact chain", FewStepConfig)
 def run(cfg: FewStepConfig, out: Outputs) -> ExperimentResult:
     import matplotlib.pyplot as plt
 
     t0 = time.perf_counter()
-    mix = target(cfg)
-    root = root_schedule(cfg)
-    zoo = toy_zoo(cfg, out)
-    sweep = sorted(set(cfg.sweep) | {S for S in cfg.chains if S < cfg.T})
-    all_S = sweep + ([cfg.T] if cfg.T in cfg.chains else [])
-    refs = references(mix, cfg, all_S)
+    zc, sizes = cfg.zoo, cfg.eval
+    zoo = toy_zoo(zc, out, cfg.seed)
+    sweep = sorted(set(cfg.sweep) | {S for S in zc.chains if S < zc.T})
+    all_S = sweep + ([zc.T] if zc.T in zc.chains else [])
+    refs = references(zc, sizes, all_S)
     respaced = {}       # kind -> S -> metrics (models trained on the full chain, seed 0)
-    if cfg.T in cfg.chains:
-        for kind in cfg.kinds:
-            tm = zoo[kind, cfg.T, 0]
-            respaced[kind] = {S: evaluate(mix, tm.kernel, chain_of(root, S), cfg,
-                                          200 if S < cfg.T else 100, grid=S <= 100)
-                              for S in all_S}
+    if zc.T in zc.chains:
+        for kind in zc.kinds:
+            tm = zoo[kind, zc.T, 0]
+            respaced[kind] = {S: evaluate(tm, zc, S, sizes, grid=S <= 100)[0] for S in all_S}
     own = {}            # kind -> S -> {"kl": (mean, sd), "in_mode_share": (mean, sd), n}
-    for kind in cfg.kinds:
+    for kind in zc.kinds:
         own[kind] = {}
-        for S in cfg.chains:
-            if S >= cfg.T:
+        for S in zc.chains:
+            if S >= zc.T:
                 continue
             seeds = sorted(sd for (k, s_, sd) in zoo if k == kind and s_ == S)
-            rows = [evaluate(mix, zoo[kind, S, sd].kernel, chain_of(root, S), cfg, 100 + sd,
-                             grid=True) for sd in seeds]
+            rows = [evaluate(zoo[kind, S, sd], zc, S, sizes, grid=True)[0] for sd in seeds]
             own[kind][S] = {m: mean_spread([r[m] for r in rows])
                             for m in ("kl", "in_mode_share", "mmd") if m in rows[0]}
             own[kind][S]["n_seeds"] = len(rows)
@@ -103,11 +91,11 @@ def run(cfg: FewStepConfig, out: Outputs) -> ExperimentResult:
             if name == "exact" and floor_y is not None:
                 ys, label = [floor_y] * len(grid_S), "exact chain (KL ~ 0, drawn at the floor)"
             ax.plot(grid_S, ys, style, color=COLORS[name], lw=2, label=label)
-        for kind in cfg.kinds:
+        for kind in zc.kinds:
             if kind in respaced:
                 ys = [respaced[kind][S].get(metric, np.nan) for S in grid_S]
                 ax.plot(grid_S, ys, marker=".", color=COLORS[kind],
-                        label=f"{LABELS[kind]} (trained on {cfg.T})")
+                        label=f"{LABELS[kind]} (trained on {zc.T})")
             xs = [S for S in own[kind] if metric in own[kind][S]]
             if xs:
                 ax.errorbar(xs, [own[kind][S][metric][0] for S in xs],
@@ -135,25 +123,26 @@ def run(cfg: FewStepConfig, out: Outputs) -> ExperimentResult:
 
 
 def _summary(cfg, refs, respaced, own, all_S):
+    zc = cfg.zoo
     grid_S = [S for S in all_S if S <= 100]
     lines = ["Global KL (nats, grid route) against the number of sampling steps. Models trained "
-             f"on {cfg.T} steps are sampled on respaced chains (seed 0); 'own' = trained and "
+             f"on {zc.T} steps are sampled on respaced chains (seed 0); 'own' = trained and "
              "sampled on that chain (mean ± sd over seeds).", "",
              "| kernel | " + " | ".join(f"S={S}" for S in grid_S) + " |",
              "|---|" + "---|" * len(grid_S)]
     for name in ("exact", "oracle_ddpm", "gaussian-beta_tilde"):
         lines.append(f"| {LABELS[name]} | " + " | ".join(fmt(refs[name][S].get("kl"))
                                                          for S in grid_S) + " |")
-    for kind in cfg.kinds:
+    for kind in zc.kinds:
         if kind in respaced:
-            lines.append(f"| {LABELS[kind]} ({cfg.T}-step model) | " + " | ".join(
+            lines.append(f"| {LABELS[kind]} ({zc.T}-step model) | " + " | ".join(
                 fmt(respaced[kind][S].get("kl")) for S in grid_S) + " |")
         if own[kind]:
             lines.append(f"| {LABELS[kind]} (own chain) | " + " | ".join(
                 fmt(*own[kind][S]["kl"]) if S in own[kind] else "-" for S in grid_S) + " |")
     lines += ["", "![E8 few steps](figures/e8_few_steps.png)"]
     verdicts, headline = [], {}
-    few = sorted(S for S in cfg.chains if S < cfg.T)
+    few = sorted(S for S in zc.chains if S < zc.T)
     if not few or "ddpm" not in own:
         return "\n".join(lines), verdicts, headline
     S = few[0]
@@ -164,7 +153,7 @@ def _summary(cfg, refs, respaced, own, all_S):
     floor = min(refs["oracle_ddpm"][S]["kl"], refs["gaussian-beta_tilde"][S]["kl"])
     exact = refs["exact"][S]["kl"]
     headline.update({f"kl_exact_S{S}": round(exact, 4), f"kl_gaussian_floor_S{S}": round(floor, 4)})
-    for kind in cfg.kinds:
+    for kind in zc.kinds:
         if S in own[kind]:
             headline[f"kl_{kind}_S{S}"] = round(own[kind][S]["kl"][0], 4)
             headline[f"kl_{kind}_S{S}_sd"] = round(own[kind][S]["kl"][1], 4)
@@ -175,14 +164,14 @@ def _summary(cfg, refs, respaced, own, all_S):
             return None
         m, sd = own[kind][S]["kl"]
         return m < d[0] - 2 * max(sd, d[1], 0.02 * d[0])
-    j, alt = better("smd_jensen"), [k for k in ("smd_multisample", "smd_energy") if better(k)]
+    j, alt = better("smd-jensen"), [k for k in ("smd-multisample", "smd-energy") if better(k)]
     ev = (f"{S} steps, trained on that chain, {n} seed(s): global KL DDPM {fmt(*d)}, "
-          + ", ".join(f"{LABELS[k]} {fmt(*own[k][S]['kl'])}" for k in cfg.kinds
+          + ", ".join(f"{LABELS[k]} {fmt(*own[k][S]['kl'])}" for k in zc.kinds
                       if k != "ddpm" and S in own[k])
           + f"; oracle Gaussian floor {fmt(floor)}, exact chain {fmt(exact)}")
     if respaced:
         S2 = min(all_S)
-        ev += (f"; models trained on {cfg.T} steps sampled on {S2} steps: "
+        ev += (f"; models trained on {zc.T} steps sampled on {S2} steps: "
                + ", ".join(f"{LABELS[k]} {fmt(respaced[k][S2].get('kl'))}" for k in respaced))
     if j:
         status = "holds"

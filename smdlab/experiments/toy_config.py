@@ -1,0 +1,172 @@
+"""The toy's configuration, shared by E6, E7 and E8: target, model spec, training, evaluation sizes.
+
+The sections are composed, not inherited: every toy experiment's config holds a
+:class:`ToyZoo` (what defines the trained models: chain length, :class:`ToyTarget`,
+:class:`ToyModelSpec`, a :class:`smdlab.training.TrainConfig` and the batch size) and a
+:class:`ToyEval` (evaluation sizes), so E7 and E8 use the same models as E6 by holding the same
+``zoo`` value.  ``python -m smdlab --set zoo.train.lr=1e-3`` reaches any field.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+from ..mixture import GaussianMixture
+from ..schedules import NoiseSchedule
+from ..training import TrainConfig
+
+# One naming scheme for model kinds everywhere (the image comparison uses the same names).
+KINDS = ("ddpm", "ddpm-matched", "smd-jensen", "smd-multisample", "smd-energy")
+LABELS = {"ddpm": "DDPM", "ddpm-matched": "DDPM (matched capacity)", "smd-jensen": "SMD-jensen",
+          "smd-multisample": "SMD-multisample", "smd-energy": "SMD-energy",
+          "exact": "exact chain", "oracle_ddpm": "oracle DDPM (exact mean)",
+          "gaussian-beta_tilde": "best beta-tilde Gaussian (clipped last step)",
+          "gaussian-moment": "best Gaussian (moment-matched)"}
+COLORS = {"ddpm": "tab:blue", "ddpm-matched": "tab:cyan", "smd-jensen": "tab:orange",
+          "smd-multisample": "tab:green", "smd-energy": "tab:red", "exact": "black",
+          "oracle_ddpm": "dimgray", "gaussian-beta_tilde": "darkgray", "gaussian-moment": "gray"}
+
+
+@dataclass
+class ToyTarget:
+    """The mixture the toy models learn.
+
+    name: ``"grid"`` (grid_size^2 modes in 2-D, spacing apart, std each) or ``"two_modes"``
+    (1-D, modes ``spacing`` apart, std each).
+    """
+
+    name: str = "grid"
+    grid_size: int = 7
+    spacing: float = 0.5
+    std: float = 0.05
+
+    def __post_init__(self):
+        if self.name not in ("grid", "two_modes"):
+            raise ValueError(f"target name must be 'grid' or 'two_modes'; got {self.name!r}")
+
+    @property
+    def dim(self) -> int:
+        return 2 if self.name == "grid" else 1
+
+    def mixture(self) -> GaussianMixture:
+        if self.name == "grid":
+            return GaussianMixture.grid(self.grid_size, self.spacing, self.std)
+        return GaussianMixture.two_modes(self.spacing, self.std)
+
+
+@dataclass
+class ToyModelSpec:
+    """The networks and kernels of every model kind (see :func:`toy_zoo.build`).
+
+    hidden, depth, time_dim: the :class:`~smdlab.nets.VectorMLP` backbone; latent_dim, inner_dim,
+    conditioning: SMD's latent conditioning; noise_dim, gen_hidden: SMD's latent generator (eta
+    has noise_dim entries); parameterization: eps, x0 or v; final_variance: the variance of the
+    jump to 0 (``"data"`` = std^2 of the target's modes, or ``"beta1"``/``"clipped"``, see
+    :mod:`smdlab.denoisers`); n_multisample (K), n_energy (M): latent draws per example of those
+    objectives.
+    """
+
+    hidden: int = 128
+    time_dim: int = 64
+    gen_hidden: int = 64
+    depth: int = 2
+    latent_dim: int = 16
+    noise_dim: int = 4
+    inner_dim: int = 32
+    conditioning: str = "hyper"
+    parameterization: str = "v"
+    final_variance: str = "data"
+    n_multisample: int = 4
+    n_energy: int = 2
+
+
+def toy_train_config(**changes) -> TrainConfig:
+    """The toy's optimisation defaults (the per-model seed is set by the zoo)."""
+    base = dict(steps=500, lr=2e-3, ema_decay=0.99, warmup_steps=50, keep_checkpoints=1,
+                progress=True)
+    return TrainConfig(**{**base, **changes})
+
+
+@dataclass
+class ToyZoo:
+    """Everything that defines the trained toy models.
+
+    T: the full chain (linear schedule); chains: training chains (numbers of steps of the
+    respaced chain; T itself is the full chain); kinds: model kinds (:data:`KINDS`); n_seeds:
+    seeds per model on ``seed_chains`` (the other chains train with the first seed only, to fit
+    the time budget); snapshots: fractions of training at which EMA weights are kept;
+    batch_size: examples per training step; train: the optimisation (its ``seed`` is replaced by
+    each model's own seed, :func:`toy_zoo.model_seed`).
+    """
+
+    T: int = 1000
+    target: ToyTarget = field(default_factory=ToyTarget)
+    model: ToyModelSpec = field(default_factory=ToyModelSpec)
+    train: TrainConfig = field(default_factory=toy_train_config)
+    batch_size: int = 256
+    chains: tuple[int, ...] = (1000, 10, 4)
+    kinds: tuple[str, ...] = KINDS
+    n_seeds: int = 3
+    seed_chains: tuple[int, ...] = (4,)
+    snapshots: tuple[float, ...] = (0.1, 0.3, 1.0)
+
+    def __post_init__(self):
+        bad = [k for k in self.kinds if k not in KINDS]
+        if bad:
+            raise ValueError(f"zoo.kinds: unknown model kind(s) {bad}; choose from {KINDS}")
+        for S in self.chains:
+            if not 1 <= int(S) <= self.T:
+                raise ValueError(f"zoo.chains: every chain length must lie in 1..T={self.T}; got {S}")
+        if self.batch_size < 1:
+            raise ValueError(f"zoo.batch_size must be >= 1; got {self.batch_size}")
+
+    def root(self) -> NoiseSchedule:
+        return NoiseSchedule.linear(self.T)
+
+    def chain(self, S: int) -> NoiseSchedule:
+        root = self.root()
+        return root if S == root.T else root.respace(S)
+
+    def final_variance(self):
+        fv = self.model.final_variance
+        return self.target.std ** 2 if fv == "data" else fv
+
+    @classmethod
+    def quick(cls) -> ToyZoo:
+        return cls(chains=(1000, 4), n_seeds=1, seed_chains=(), batch_size=128,
+                   train=toy_train_config(steps=30, warmup_steps=5, progress=False),
+                   snapshots=(0.5, 1.0))
+
+
+@dataclass(frozen=True)
+class ToyEval:
+    """Evaluation sizes: n_eval samples per model and chain, n_snapshot samples per training
+    snapshot, the global-error grid (n_grid nodes per axis, n_latent latent draws per node)."""
+
+    n_eval: int = 1000
+    n_snapshot: int = 400
+    n_grid: int = 64
+    n_latent: int = 8
+
+    @classmethod
+    def quick(cls) -> ToyEval:
+        return cls(n_eval=200, n_snapshot=100, n_grid=32, n_latent=4)
+
+
+@dataclass
+class ToyConfig:
+    """E6's config: the base seed, the model zoo and the evaluation sizes."""
+
+    seed: int = 0
+    zoo: ToyZoo = field(default_factory=ToyZoo)
+    eval: ToyEval = field(default_factory=ToyEval)
+
+    @classmethod
+    def quick(cls) -> ToyConfig:
+        return cls(zoo=ToyZoo.quick(), eval=ToyEval.quick())
+
+
+def replace_train(zoo: ToyZoo, **changes) -> ToyZoo:
+    """``zoo`` with its TrainConfig changed (a convenience for the nested replace)."""
+    return dataclasses.replace(zoo, train=dataclasses.replace(zoo.train, **changes))

@@ -1,0 +1,136 @@
+"""Scoring toy models: sample metrics and the grid global KL, the reference chains, and helpers.
+
+Evaluations are memoised by content: a trained model's key (:func:`toy_zoo.model_key`), whether
+its latent is frozen, the chain's steps, the evaluation sizes, the sample seed and the target.  The
+sample seed is a function of what is evaluated (:func:`sample_seed`), so E6 and E8 score the same
+draws of the same model without having to agree on numbers.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from ..denoisers import GaussianDenoiser
+from ..global_error import grid_global_error
+from ..kernels import BestGaussianKernel, ExactKernel
+from ..metrics import sample_metrics
+from ..nets import OracleNet
+from ..sampling import ancestral_sample
+from ..schedules import NoiseSchedule
+from .toy_config import ToyEval, ToyZoo
+from .toy_zoo import TrainedModel
+
+REFERENCES = ("exact", "oracle_ddpm", "gaussian-beta_tilde")
+REFERENCE_SEED = 7      # the reference chains' samples (one fixed draw for every experiment)
+
+
+def kernel_dim(kernel) -> int:
+    return kernel.dim if isinstance(kernel.dim, int) else int(np.prod(kernel.dim))
+
+
+def draw_samples(kernel, chain: NoiseSchedule, n: int, seed: int) -> torch.Tensor:
+    """n ancestral samples (n, D) of ``kernel`` on ``chain`` from a generator seeded ``seed``."""
+    g = torch.Generator().manual_seed(seed)
+    x_T = torch.randn(n, kernel_dim(kernel), generator=g, dtype=torch.float64)
+    return ancestral_sample(kernel, x_T, chain, generator=g)
+
+
+def sample_seed(model: TrainedModel, sample_S: int) -> int:
+    """The seed of a model's evaluation samples: ``100 + its training seed`` on its own training
+    chain, ``200 + its training seed`` on another (respaced) chain."""
+    return (100 if sample_S == model.S else 200) + model.seed
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float)) or (hasattr(v, "ndim") and v.ndim == 0)
+
+
+def score(mix, kernel, chain: NoiseSchedule, sizes: ToyEval, seed: int, grid: bool = True,
+          samples: torch.Tensor | None = None) -> tuple[dict, torch.Tensor]:
+    """(metrics, samples) of ``kernel`` sampled on ``chain``: :func:`smdlab.metrics.sample_metrics`
+    of ``sizes.n_eval`` samples (seed ``seed``) and, when ``grid``, the grid global KL (seed + 1).
+    An infinite KL means the chain put (almost) no mass where the target lives."""
+    if samples is None:
+        samples = draw_samples(kernel, chain, sizes.n_eval, seed)
+    row = {k: float(v) for k, v in sample_metrics(mix, samples,
+                                                  generator=torch.Generator().manual_seed(seed)
+                                                  ).items() if _is_number(v)}
+    if grid:
+        g = torch.Generator().manual_seed(seed + 1)
+        res = grid_global_error(mix, kernel, chain, n_grid=sizes.n_grid, n_latent=sizes.n_latent,
+                                generator=g)
+        row["kl"], row["mass_lost"] = float(res["kl"]), float(res["mass_lost"])
+        if not math.isfinite(row["kl"]):
+            row["kl"] = math.inf
+    return row, samples
+
+
+_EVAL: dict = {}
+
+
+def evaluate(model: TrainedModel, zoo: ToyZoo, sample_S: int, sizes: ToyEval,
+             grid: bool = True, frozen: bool = False) -> tuple[dict, torch.Tensor]:
+    """(metrics, samples) of a trained model sampled on the ``sample_S``-step chain (its own
+    chain or a respacing of the root), memoised by content for this process."""
+    chain = zoo.chain(sample_S)
+    seed = sample_seed(model, sample_S)
+    key = (model.key, frozen, tuple(chain.original_steps.tolist()), sizes, seed, grid,
+           repr(zoo.target))
+    if key not in _EVAL:
+        kernel = model.kernel.with_frozen_eta() if frozen else model.kernel
+        _EVAL[key] = score(zoo.target.mixture(), kernel, chain, sizes, seed, grid)
+    row, samples = _EVAL[key]
+    return dict(row), samples
+
+
+def reference_kernel(name: str, mix, zoo: ToyZoo, chain: NoiseSchedule):
+    """The reference chains: ``exact`` (zero local error), ``oracle_ddpm`` (the exact mean with the
+    learned kernels' variances: the best any DDPM of this family can do per step) and
+    ``gaussian-beta_tilde`` (the lab's best beta-tilde Gaussian, improved-DDPM clip on the jump to
+    0, see :mod:`smdlab.denoisers`)."""
+    root = chain.root
+    p = zoo.model.parameterization
+    if name == "exact":
+        return ExactKernel(mix, root)
+    if name == "oracle_ddpm":
+        return GaussianDenoiser(OracleNet(mix, root, p), chain, mix.D, p, name="oracle_ddpm",
+                                final_variance=zoo.final_variance())
+    if name == "gaussian-beta_tilde":
+        return BestGaussianKernel(mix, root, "beta_tilde")
+    raise ValueError(f"unknown reference {name!r}; choose one of {REFERENCES}")
+
+
+_REFS: dict = {}
+
+
+def references(zoo: ToyZoo, sizes: ToyEval, S_list) -> dict:
+    """Reference chains at each number of steps: {name: {S: metrics}} (memoised by content; the
+    grid KL only for S <= 100)."""
+    mix = zoo.target.mixture()
+    out = {}
+    for name in REFERENCES:
+        out[name] = {}
+        for S in S_list:
+            key = (name, repr(zoo.target), zoo.T, S, sizes, zoo.model.parameterization,
+                   zoo.model.final_variance)
+            if key not in _REFS:
+                chain = zoo.chain(S)
+                _REFS[key] = score(mix, reference_kernel(name, mix, zoo, chain), chain, sizes,
+                                   REFERENCE_SEED, S <= 100)[0]
+            out[name][S] = dict(_REFS[key])
+    return out
+
+
+def mean_spread(values) -> tuple[float, float]:
+    """(mean, standard deviation over seeds; 0 for one seed)."""
+    a = np.asarray(values, dtype=float)
+    return float(a.mean()), float(a.std(ddof=1)) if a.size > 1 else 0.0
+
+
+def fmt(m, s=None, digits=3) -> str:
+    if m is None or (isinstance(m, float) and math.isnan(m)):
+        return "-"
+    return f"{m:.{digits}g}" if not s else f"{m:.{digits}g} ± {s:.2g}"

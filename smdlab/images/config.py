@@ -1,0 +1,201 @@
+"""The image comparison's configuration: composed sections, one per concern.
+
+    ImagesConfig
+      data:   DataConfig     (dataset, files, size, subset, flips)
+      net:    NetConfig      (the U-Net backbone shared by every model)
+      models: ModelsConfig   (the model spec: SMD's latent, objectives, parameterisation)
+      chains: ChainsConfig   (schedule, T, the short chain, sampling steps)
+      train:  smdlab.training.TrainConfig (optimisation of the T-step models; the short-chain
+              models train ``short_train_steps`` steps with the same settings)
+      eval:   EvalConfig     (samples, EMA, the feature classifier)
+
+Presets (:mod:`.presets`) are named instances of this class; ``--set section.field=value`` changes
+any field (:mod:`smdlab.config`).
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+
+from ..training import TrainConfig
+from .models import ModelSpec
+from .unet import UNetConfig
+
+DATASETS = ("digits", "mnist", "fashion-mnist", "cifar10", "folder")
+SMOKE_PRESETS = ("smoke", "tiny")     # their reports issue no verdicts
+
+
+@dataclass
+class DataConfig:
+    """dataset: one of DATASETS; data_root: the folder holding its files (None: the default
+    location, digits need none); image_size: resize and centre-crop to it (None: native);
+    channels: 1 or 3 (None: native); n_train: a random subset of the training split; flip:
+    random horizontal flips during training."""
+
+    dataset: str = "digits"
+    data_root: str | None = None
+    image_size: int | None = None
+    channels: int | None = None
+    n_train: int | None = None
+    flip: bool = False
+
+    def __post_init__(self):
+        if self.dataset not in DATASETS:
+            raise ValueError(f"data.dataset must be one of {DATASETS}; got {self.dataset!r}")
+        if self.image_size is not None and self.image_size < 1:
+            raise ValueError(f"data.image_size (--image-size) must be a positive number of pixels; "
+                             f"got {self.image_size}")
+        if self.channels is not None and self.channels not in (1, 3):
+            raise ValueError(f"data.channels must be 1 or 3; got {self.channels}")
+        if self.n_train is not None and self.n_train < 1:
+            raise ValueError(f"data.n_train must be >= 1; got {self.n_train}")
+
+
+@dataclass
+class NetConfig:
+    """The U-Net (:class:`~smdlab.images.unet.UNetConfig`): base_channels, channel_mults,
+    num_res_blocks, attn_resolutions, dropout; inner_dim and hyper_layers of SMD's conditioning."""
+
+    base_channels: int = 16
+    channel_mults: tuple[int, ...] = (1, 2)
+    num_res_blocks: int = 1
+    attn_resolutions: tuple[int, ...] = ()
+    dropout: float = 0.0
+    inner_dim: int = 32
+    hyper_layers: int = 2
+
+    def unet(self, shape) -> UNetConfig:
+        C, H, W = shape
+        if H != W:
+            raise ValueError(f"square images only; got {H} x {W} (set data.image_size)")
+        return UNetConfig(in_channels=C, image_size=H, base_channels=self.base_channels,
+                          channel_mults=tuple(self.channel_mults),
+                          num_res_blocks=self.num_res_blocks,
+                          attn_resolutions=tuple(self.attn_resolutions), dropout=self.dropout,
+                          inner_dim=self.inner_dim, hyper_layers=self.hyper_layers)
+
+
+@dataclass
+class ModelsConfig:
+    """The model spec of the comparison: ``ddpm``, ``smd-jensen`` (the paper's objective),
+    ``smd-<best_objective>`` (multisample or energy, with objective_samples latent draws) and
+    ``ddpm-matched`` (a plain U-Net of the best SMD model's size).  conditioning, latent_dim,
+    generator_fraction: SMD's latent; parameterization: eps, x0 or v for all."""
+
+    conditioning: str = "hyper"
+    latent_dim: int = 8
+    generator_fraction: float = 0.25
+    best_objective: str = "energy"
+    objective_samples: int = 2
+    parameterization: str = "v"
+
+    def __post_init__(self):
+        if self.best_objective not in ("multisample", "energy"):
+            raise ValueError(f"models.best_objective must be 'multisample' or 'energy'; got "
+                             f"{self.best_objective!r}")
+
+    def specs(self) -> list[ModelSpec]:
+        common = dict(conditioning=self.conditioning, latent_dim=self.latent_dim,
+                      generator_fraction=self.generator_fraction,
+                      parameterization=self.parameterization)
+        best_k = self.objective_samples if self.best_objective == "energy" else \
+            max(self.objective_samples, 2)
+        jensen = ModelSpec("smd-jensen", "smd", "jensen", 1, **common)
+        best = ModelSpec(f"smd-{self.best_objective}", "smd", self.best_objective, best_k,
+                         **common)
+        return [ModelSpec("ddpm", "ddpm", parameterization=self.parameterization), jensen, best,
+                ModelSpec("ddpm-matched", "ddpm-matched", match_to=best, **common)]
+
+
+@dataclass
+class ChainsConfig:
+    """schedule and T of the root chain; short_chain: steps of the short training chain (spacing
+    of respaced chains); sample_steps: ancestral chains of the long protocol; ddim_steps: its
+    DDIM (eta = 0) chains."""
+
+    schedule: str = "linear"
+    T: int = 1000
+    short_chain: int = 10
+    spacing: str = "linspace"
+    sample_steps: tuple[int, ...] = (100, 50, 20, 10)
+    ddim_steps: tuple[int, ...] = (10,)
+
+    def __post_init__(self):
+        for s in (*self.sample_steps, *self.ddim_steps, self.short_chain):
+            if not 1 <= int(s) <= self.T:
+                raise ValueError(f"every step count must lie in 1..T={self.T}; got {s}")
+
+
+@dataclass
+class EvalConfig:
+    """n_samples generated images per evaluation (sample_batch at a time); use_ema: sample the
+    EMA weights; classifier_steps: training steps of the feature classifier behind FD-<net>;
+    n_grid: images per saved grid."""
+
+    n_samples: int = 250
+    sample_batch: int = 500
+    use_ema: bool = True
+    classifier_steps: int = 400
+    n_grid: int = 36
+
+    def __post_init__(self):
+        if self.n_samples < 8:
+            raise ValueError(f"eval.n_samples must be >= 8 for the metrics; got {self.n_samples}")
+
+
+def image_train_config(**changes) -> TrainConfig:
+    """The image models' optimisation defaults (the seed is set per model)."""
+    base = dict(steps=450, lr=2e-3, weight_decay=0.0, warmup_steps=50, grad_clip=1.0,
+                ema_decay=0.99, checkpoint_every=250, keep_checkpoints=1, log_every=25,
+                progress=True, bf16=True)
+    return TrainConfig(**{**base, **changes})
+
+
+@dataclass
+class ImagesConfig:
+    """Everything that defines an image run (see the module docstring for the sections).
+
+    preset: the name this config came from; seed: training and sampling seed; seed_repeats:
+    extra training seeds of the short-chain DDPM (the spread over seeds); batch_size: per-process
+    batch; short_train_steps: steps of the short-chain models; device: None = CUDA if available.
+    """
+
+    preset: str = "default"
+    seed: int = 0
+    seed_repeats: tuple[int, ...] = (1, 2)
+    device: str | None = None
+    batch_size: int = 48
+    short_train_steps: int = 300
+    data: DataConfig = field(default_factory=DataConfig)
+    net: NetConfig = field(default_factory=NetConfig)
+    models: ModelsConfig = field(default_factory=ModelsConfig)
+    chains: ChainsConfig = field(default_factory=ChainsConfig)
+    train: TrainConfig = field(default_factory=image_train_config)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def __post_init__(self):
+        self.seed_repeats = tuple(int(s) for s in self.seed_repeats if int(s) != self.seed)
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1; got {self.batch_size}")
+        if self.short_train_steps < 0:
+            raise ValueError(f"short_train_steps must be >= 0; got {self.short_train_steps}")
+        if self.device not in (None, "cpu", "cuda") and not str(self.device).startswith("cuda:"):
+            raise ValueError(f"device must be cpu, cuda or cuda:N; got {self.device!r}")
+
+    @property
+    def smoke(self) -> bool:
+        """A smoke-sized run: its report issues no verdicts."""
+        return self.preset in SMOKE_PRESETS
+
+    @classmethod
+    def from_preset(cls, name: str = "default") -> ImagesConfig:
+        from .presets import PRESETS
+
+        if name not in PRESETS:
+            raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
+        return copy.deepcopy(PRESETS[name])
+
+    @classmethod
+    def quick(cls) -> ImagesConfig:
+        return cls.from_preset("smoke")

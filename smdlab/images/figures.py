@@ -1,0 +1,110 @@
+"""The image comparison's figures, drawn from its result dict (metric curves, class frequencies,
+an overview of sample grids)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..provenance import save_figure
+from .report import flat_config, rows_of
+
+_COLORS = {"ddpm": "tab:blue", "smd-jensen": "tab:orange", "smd-energy": "tab:green",
+           "smd-multisample": "tab:green", "ddpm-matched": "tab:purple"}
+
+
+def make_figures(result: dict, out) -> list[Path]:
+    """Draw every figure of ``result`` under ``out.figures`` (an ImageOutputs); returns the paths."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    metric = result["feature_net"]["name"] if result["feature_net"] else "net"
+    names = [m["spec"]["name"] for k, m in result["models"].items() if k.startswith("long-")]
+    real = rows_of(result, protocol="data")
+    cfg = flat_config(result)
+    short_S = cfg["short_chain"]
+    figs = []
+    panels = [("fd", f"FD-{metric} (lower is better)"), ("kid", "KID (lower is better)"),
+              ("recall", "recall (higher is better)"), ("precision", "precision (higher is better)")]
+    fig, axes = plt.subplots(1, 4, figsize=(17, 4))
+    for ax, (key, title) in zip(axes, panels):
+        for name in names:
+            c = _COLORS.get(name, None)
+            for sampler, ls in (("ancestral", "-"), ("ddim", "--")):
+                rows = sorted(rows_of(result, model=name, protocol="long", sampler=sampler,
+                                    frozen_latent=False), key=lambda e: e["steps"])
+                if rows:
+                    ax.plot([e["steps"] for e in rows], [e["metrics"][key] for e in rows], ls,
+                            marker="o", color=c, ms=4,
+                            label=f"{name} ({sampler}, 1000-step model)")
+            srow = rows_of(result, model=name, protocol="short", sampler="ancestral",
+                         frozen_latent=False)
+            if srow:
+                ax.plot([short_S], [srow[0]["metrics"][key]], "*", ms=13, color=c,
+                        markeredgecolor="k", label=f"{name} (trained on {short_S} steps)")
+        if real:
+            ax.axhline(real[0]["metrics"][key], color="gray", lw=1, ls=":",
+                       label="held-out real images")
+        ax.set_xscale("log")
+        ticks = sorted({*cfg["sample_steps"], short_S})
+        ax.set_xticks(ticks, [str(t) for t in ticks])
+        ax.minorticks_off()
+        ax.set_xlabel("sampling steps (log scale)")
+        ax.set_ylabel(title)
+        ax.grid(alpha=0.3)
+    fig.legend(*axes[0].get_legend_handles_labels(), fontsize=7, loc="lower center",
+               ncol=4, bbox_to_anchor=(0.5, -0.22))
+    fig.suptitle(f"{result['dataset']['train']}: sample quality against sampling steps "
+                 f"(n = {result['sampling']['n']}, EMA = {result['sampling']['use_ema']})")
+    figs.append(save_figure(fig, out.figures / "metrics_vs_steps.png"))
+    plt.close(fig)
+
+    # Mode coverage: predicted-class frequencies at the fewest steps of each protocol.
+    fig, axes = plt.subplots(1, 2, figsize=(12, 3.6), sharey=True)
+    few = min(cfg["sample_steps"])
+    for ax, (protocol, S) in zip(axes, (("long", few), ("short", short_S))):
+        width = 0.8 / (len(names) + 1)
+        ref = real[0]["metrics"]["classes"]["reference"] if real else None
+        K = len(ref) if ref else 0
+        if ref:
+            ax.bar([k - 0.4 + width / 2 for k in range(K)], ref, width, color="lightgray",
+                   label="training split")
+        for j, name in enumerate(names):
+            rows = rows_of(result, model=name, protocol=protocol, sampler="ancestral", steps=S,
+                         frozen_latent=False)
+            if rows:
+                freq = rows[0]["metrics"]["classes"]["frequencies"]
+                ax.bar([k - 0.4 + (j + 1.5) * width for k in range(len(freq))], freq, width,
+                       color=_COLORS.get(name), label=name)
+        ax.set_xlabel("predicted class of generated image")
+        ax.set_ylabel("frequency")
+        ax.set_title(f"{protocol} protocol, {S} ancestral steps")
+        ax.set_xticks(range(K))
+    axes[0].legend(fontsize=7)
+    figs.append(save_figure(fig, out.figures / "class_frequencies.png"))
+    plt.close(fig)
+
+    # One overview of samples: rows = models, columns = step counts (first images of each grid).
+    from PIL import Image
+
+    cols = sorted(cfg["sample_steps"], reverse=True)
+    fig, axes = plt.subplots(len(names), len(cols) + 1, figsize=(2.2 * (len(cols) + 1),
+                                                                 2.3 * len(names)))
+    axes = [[a] for a in axes] if len(cols) + 1 == 1 else axes
+    for i, name in enumerate(names):
+        for j, S in enumerate([*cols, -1]):
+            ax = axes[i][j]
+            ax.axis("off")
+            rows = (rows_of(result, model=name, protocol="long", sampler="ancestral", steps=S)
+                    if S > 0 else rows_of(result, model=name, protocol="short", sampler="ancestral",
+                                        frozen_latent=False))
+            if rows:
+                ax.imshow(Image.open(out.root / rows[0]["extra"]["grid"]), cmap="gray")
+            ax.set_title(f"{name}\n{S} steps" if S > 0 else f"{name}\ntrained on {short_S}",
+                         fontsize=7)
+    figs.append(save_figure(fig, out.figures / "samples_overview.png"))
+    plt.close(fig)
+    return figs
+
+

