@@ -496,7 +496,7 @@ def data_file_case(rng, root: Path) -> Case:
         return Case("data: bad IDX pixels/shape/header", "file", str(p),
                     lambda: load_dataset("mnist", root))
     if choice == 4:          # gzip bomb (the cap is lowered for the test)
-        import smdlab.images.data as data_mod
+        import smdlab.images.formats as data_mod
         p = root / "train-images-idx3-ubyte.gz"
         with gzip.open(p, "wb") as f:
             f.write(_idx(x)[:16])

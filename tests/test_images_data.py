@@ -320,7 +320,7 @@ def test_bad_idx_files_name_the_file(tmp_path, case, match):
 
 
 def test_gzip_bomb_is_capped(tmp_path, monkeypatch):
-    import smdlab.images.data as data_mod
+    import smdlab.images.formats as data_mod
 
     good = idx_bytes(np.zeros((4, 8, 8)))
     bomb = tmp_path / "train-images-idx3-ubyte.gz"
