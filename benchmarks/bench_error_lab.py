@@ -23,7 +23,8 @@ import torch
 from smdlab import BEST_GAUSSIAN_KINDS, BestGaussianKernel, ExactKernel, GaussianMixture, NoiseSchedule
 from smdlab.exact import best_gaussian_of
 from smdlab.global_error import grid_global_error
-from smdlab.local_error import _cross_entropy, joint_sample, local_error_curves
+from smdlab.kl_terms import cross_entropy
+from smdlab.local_error import joint_sample, local_error_curves
 from smdlab.provenance import run_metadata, write_json
 
 OUT = Path(__file__).resolve().parent / "results" / "bench_error_lab.json"
@@ -34,7 +35,7 @@ def plain_estimate(mix, root, t, s, kind, n, g):
     lt, ls = root.log_alpha_bars[t].item(), root.log_alpha_bars[s].item()
     _, _, post, x_s = joint_sample(mix, lt, ls, n, 1, g, importance=False)
     gauss = best_gaussian_of(post, root, t, s, kind)
-    kl = _cross_entropy(gauss, post) + post.log_prob(x_s[0])
+    kl = cross_entropy(gauss, post) + post.log_prob(x_s[0])
     return kl.mean().item(), (kl.std() / math.sqrt(n)).item()
 
 

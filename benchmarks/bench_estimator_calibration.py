@@ -21,8 +21,9 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from smdlab.local_error import local_error, local_error_quadrature  # noqa: E402
+from smdlab.local_error import local_error  # noqa: E402
 from smdlab.provenance import run_metadata, write_json  # noqa: E402
+from smdlab.quadrature import local_error_quadrature  # noqa: E402
 from tests.estimator_cases import cases  # noqa: E402
 
 OUT = ROOT / "benchmarks" / "results" / "bench_estimator_calibration.json"

@@ -43,10 +43,10 @@ Latent kernels (``distribution`` returns a LatentMixture over ``n_latent`` draws
 log p estimated by a log-mean-exp over the draws.  That estimate is biased low, so M_t is biased
 HIGH by an amount that shrinks as n_latent grows; the sample count is part of the result.
 
-A deterministic 1-D route, :func:`local_error_quadrature` (a trapezoid rule over x_t that
-resolves the layer between modes, Gauss-Hermite over x_s per posterior component), is the
-reference the tests check the Monte Carlo against; :func:`point_kl_quadrature` gives the KL at a
-single x_t in 1-D or 2-D.
+Deterministic references live in :mod:`smdlab.quadrature`: ``local_error_quadrature`` (1-D: a
+trapezoid rule over x_t that resolves the layer between modes, Gauss-Hermite over x_s per
+posterior component), which the tests check the Monte Carlo against, and ``point_kl_quadrature``
+(the KL at a single x_t in 1-D or 2-D).  The per-point terms are in :mod:`smdlab.kl_terms`.
 """
 
 from __future__ import annotations
@@ -67,6 +67,7 @@ from .exact import (
     posterior_from_log_alpha_bars,
 )
 from .kernels import BestGaussianKernel, ExactKernel, ReverseKernel
+from .kl_terms import Strata, cross_entropy, kl_at_points, point_terms, stratified_se  # noqa: F401
 from .mixture import GaussianMixture
 from .sampling import chain_steps
 from .schedules import NoiseSchedule
@@ -211,7 +212,7 @@ def _widened(mixture: GaussianMixture, log_ab: float):
     return diffused_mixture(mixture, log_ab, extra)
 
 
-def _check_jump(kernel: ReverseKernel, t: int, s: int) -> tuple[int, int, float, float]:
+def check_jump(kernel: ReverseKernel, t: int, s: int) -> tuple[int, int, float, float]:
     # Root steps that must be kept steps of the kernel's schedule (the one convention, kernels.py).
     return kernel.jump(t, s)
 
@@ -237,203 +238,6 @@ def _kernel_distribution(kernel, post: MixturePosterior, x_t, t, s, generator, n
             kernel.schedule.root is root:
         return post
     return kernel.distribution(x_t, t, s, generator=generator, n_latent=n_latent)
-
-
-def _cross_entropy(dist, post: MixturePosterior) -> torch.Tensor | None:
-    """Closed-form E_q[-log p] for a Gaussian p, else None."""
-    if not isinstance(dist, Gaussian):
-        return None
-    if dist.isotropic:
-        return dist.cross_entropy(post.mean(), q_trace=post.covariance_trace())
-    return dist.cross_entropy(post.mean(), q_cov=post.covariance())
-
-
-# ---------------------------------------------------------------------- the per-point estimator
-#: The ratio route is taken at x_t only when a closed-form bound on E_q[(p/q)^4] is at most this.
-RATIO_MOMENT_BOUND = 10.0
-#: Posterior components lighter than this at every point are not drawn (their share of M is below
-#: this weight times the per-component term, far under any standard error).
-MIN_STRATUM_WEIGHT = 1e-14
-
-
-class _Strata:
-    """Stratified draws from q(x_s | x_t): ``n_mc`` draws from EVERY posterior component k (of
-    non-negligible weight), to be averaged with weights r_k(x_t).  Stratifying makes components
-    of weight 1e-4 count with their exact weight instead of being drawn once in 1e4 pairs.
-
-    Per stratum it keeps the draws (n_mc, N, D), log q at them and the component variate
-    c_k = log N_k(x_s) + H_k, whose mean under stratum k is exactly 0 (H_k: the component's
-    entropy).  ``A`` = sum_k r_k mean(-log q) estimates H(q); ``B`` = sum_k r_k mean(c_k) has
-    conditional mean 0 and removes most of A's noise: with coefficient 1, A - B is
-    H(r) + sum_k r_k H_k - E[-log rho_k], exact up to the (small) overlap of the components.
-    """
-
-    def __init__(self, post: MixturePosterior, n_mc: int, generator):
-        self.post, self.n_mc = post, n_mc
-        w = post.weights
-        self.comps = [k for k in range(post.K) if w[:, k].max().item() >= MIN_STRATUM_WEIGHT]
-        means = post.means
-        self.x, self.log_q, cvs = [], [], []
-        for k in self.comps:
-            eps = torch.randn(n_mc, post.N, post.D, dtype=post.x_t.dtype, generator=generator)
-            noise = post.eigvals[k].sqrt() * eps
-            if not post.axis_aligned:
-                noise = noise @ post.eigvecs[k].T
-            x = means[:, k] + noise
-            self.x.append(x)
-            self.log_q.append(torch.stack([post.log_prob(xm) for xm in x]))
-            # log N_k(x) + H_k = -|eps|^2 / 2 + D / 2 exactly, whatever the component.
-            cvs.append(0.5 * (post.D - (eps * eps).sum(-1)))
-        self.A = self.weighted_mean([-lq for lq in self.log_q])
-        self.B = self.weighted_mean(cvs)
-
-    def weighted_mean(self, per_stratum: list[torch.Tensor]) -> torch.Tensor:
-        """sum_k r_k * (mean over the n_mc draws of stratum k): (N,)."""
-        w = self.post.weights
-        return sum(w[:, k] * v.mean(0) for k, v in zip(self.comps, per_stratum))
-
-
-def _log_int_p4_q3_iso(mu_p, v_p, mu_q, lam_q, U_q, aligned):
-    """log int N(x; mu_p, v_p I)^4 N(x; mu_q, diag-in-U_q(lam_q))^-3 dx (N,); inf if divergent.
-
-    Closed form per eigen-direction (a Renyi divergence of order 4): with s = 4 lam - 3 v,
-    6 z^2 / s - log(s)/2 - 3/2 log v + 2 log lam, z the mean offset in the direction."""
-    z = mu_p - mu_q
-    if not aligned:
-        z = z @ U_q
-    s = 4 * lam_q - 3 * v_p[:, None]                                       # (N, D)
-    ok = (s > 0).all(-1)
-    s = s.clamp_min(1e-300)
-    val = (6 * z * z / s - 0.5 * s.log() - 1.5 * v_p.log()[:, None] + 2 * lam_q.log()).sum(-1)
-    return torch.where(ok, val, torch.full_like(val, math.inf))
-
-
-def _log_int_p4_q3_full(mu_p, S_p, mu_q, C_q):
-    """The same for a full covariance S_p (N, D, D) and C_q (D, D)."""
-    Sa = 4 * C_q - 3 * S_p
-    L, info = torch.linalg.cholesky_ex(Sa)
-    ok = info == 0
-    L = torch.where(ok[:, None, None], L, torch.eye(S_p.shape[-1], dtype=S_p.dtype).expand_as(L))
-    d = (mu_p - mu_q)[..., None]
-    z = torch.linalg.solve_triangular(L, d, upper=False)[..., 0]
-    logdet_a = 2 * torch.diagonal(L, dim1=-2, dim2=-1).log().sum(-1)
-    val = (6 * (z * z).sum(-1) - 0.5 * logdet_a - 1.5 * torch.linalg.slogdet(S_p)[1]
-           + 2 * torch.linalg.slogdet(C_q)[1])
-    return torch.where(ok, val, torch.full_like(val, math.inf))
-
-
-def ratio_moment_bound(dist, post: MixturePosterior) -> torch.Tensor:
-    """log of an upper bound on E_{q(x_s|x_t)}[(p/q)^4] per point (N,); +inf when none is known.
-
-    q >= r_k N_k for every component, so E_q[(p/q)^4] <= r_k^-3 int p^4 N_k^-3, and by convexity
-    of 1/x^3 also <= sum_k r_k int p^4 N_k^-3; both in closed form for Gaussian p; for a mixture
-    p = mean_l N_l, p^4 <= mean_l N_l^4 (convexity).  The bound depends
-    on x_t only (never on the x_s draws), so choosing an estimator with it keeps it unbiased.
-    """
-    N = post.N
-    best = torch.full((N,), math.inf, dtype=post.x_t.dtype)
-    means, lw = post.means, post.log_weights
-    jensen = []
-    for k in range(post.K):
-        lam, U = post.eigvals[k], post.eigvecs[k]
-        if isinstance(dist, Gaussian) and dist.isotropic:
-            li = _log_int_p4_q3_iso(dist.mean(), dist.variance, means[:, k], lam, U, post.axis_aligned)
-        elif isinstance(dist, Gaussian):
-            if post.D > 16:
-                return best
-            li = _log_int_p4_q3_full(dist.mean(), dist.covariance, means[:, k],
-                                     post.covariances[k])
-        elif isinstance(dist, LatentMixture):
-            per_l = torch.stack([_log_int_p4_q3_iso(dist.means[:, j], dist.variance, means[:, k],
-                                                    lam, U, post.axis_aligned)
-                                 for j in range(dist.L)], -1)
-            li = torch.logsumexp(per_l, -1) - math.log(dist.L)
-        else:
-            return best
-        best = torch.minimum(best, li - 3 * lw[:, k])
-        jensen.append(li + lw[:, k])
-    # Also 1/q^3 = (sum_k r_k N_k)^-3 <= sum_k r_k N_k^-3 (convexity): tight when components overlap.
-    return torch.minimum(best, torch.logsumexp(torch.stack(jensen, -1), -1))
-
-
-@dataclass
-class _PointTerms:
-    """Per-point KL estimates and how they were obtained.
-
-    value = y - beta * B on the cross-entropy route (beta: cross-fitted coefficient, B: the
-    component variate of :class:`_Strata`), the ratio-route value elsewhere; ratio: bool (N,).
-    """
-
-    y: torch.Tensor
-    B: torch.Tensor
-    ratio: torch.Tensor
-
-    def values(self, w: torch.Tensor) -> torch.Tensor:
-        """Per-point values (N,) for importance weights w (N,), with beta cross-fitted."""
-        value = self.y.clone()
-        ce = ~self.ratio
-        idx = torch.nonzero(ce)[:, 0]
-        if idx.numel() >= 8:
-            # Fit beta on one half of the points and apply it to the other, and the other way
-            # round: each point's coefficient is independent of its own draws, so E[beta B] = 0
-            # and the estimate stays unbiased (an in-sample fit would not be).  Only the light-
-            # tailed variate B is fitted; no ratio p/q enters (its tails broke the old fit).
-            halves = (idx[0::2], idx[1::2])
-            for fit, apply in (halves, halves[::-1]):
-                yf, bf = w[fit] * self.y[fit], w[fit] * self.B[fit]
-                bc = bf - bf.mean()
-                den = (bc * bc).sum()
-                beta = ((yf - yf.mean()) * bc).sum() / den if den > 0 else torch.zeros(())
-                value[apply] = self.y[apply] - beta * self.B[apply]
-        else:
-            value[ce] = self.y[ce] - self.B[ce]
-        return value
-
-
-def _point_terms(st: _Strata, dist) -> _PointTerms:
-    """KL(q(x_s | x_t) || p(x_s | x_t)) estimated at every point from the stratified draws.
-
-    Two routes, chosen per point from x_t alone (so the choice adds no bias):
-      * ratio route, where :func:`ratio_moment_bound` <= RATIO_MOMENT_BOUND: the terms
-        u - 1 - log u with u = p/q (u - 1 has mean 0 because p is normalised) are each >= 0 and of
-        order (u - 1)^2, so tiny KLs get tiny absolute errors; the bound on E[u^4] keeps their
-        variance finite and the standard error meaningful.
-      * cross-entropy route elsewhere (p far from q, or wider): KL = E_q[-log p] - H(q), with the
-        closed-form Gaussian cross-entropy for Gaussian p (else its Monte Carlo mean over the same
-        draws, which has Gaussian tails) and H(q) from the stratified draws with the component
-        variate.  No ratio p/q enters, so nothing heavy-tailed does.
-    """
-    post = st.post
-    log_p = [torch.stack([dist.log_prob(xm) for xm in x]) for x in st.x]
-    d = [(lp - lq).clamp(max=700.0) for lp, lq in zip(log_p, st.log_q)]
-    ratio_val = st.weighted_mean([torch.expm1(v) - v for v in d])
-    ce = _cross_entropy(dist, post)
-    if ce is None:
-        ce = st.weighted_mean([-lp for lp in log_p])
-    use_ratio = ratio_moment_bound(dist, post) <= math.log(RATIO_MOMENT_BOUND)
-    y = torch.where(use_ratio, ratio_val, ce - st.A)
-    B = torch.where(use_ratio, torch.zeros_like(y), st.B)
-    return _PointTerms(y, B, use_ratio)
-
-
-def _kl_at_points(post: MixturePosterior, dist, n_mc: int, generator) -> tuple[float, float]:
-    """Mean over the posterior's points of KL(post || dist), with its standard error."""
-    terms = _point_terms(_Strata(post, n_mc, generator), dist).values(
-        torch.ones(post.N, dtype=post.x_t.dtype))
-    N = terms.numel()
-    se = (terms.std() / math.sqrt(N)).item() if N > 1 else math.inf
-    return terms.mean().item(), se
-
-
-def _stratified_se(contrib: torch.Tensor, n_first: int) -> float:
-    """Standard error of contrib.mean() when contrib[:n_first] and contrib[n_first:] are two
-    independent samples of fixed sizes (one of them possibly empty)."""
-    n = contrib.numel()
-    var = 0.0
-    for part in (contrib[:n_first], contrib[n_first:]):
-        if part.numel() >= 2:
-            var += (part.numel() / n) ** 2 * part.var().item() / part.numel()
-    return math.sqrt(var)
 
 
 #: A single point carrying more than this share of the estimate makes its standard error unreliable.
@@ -465,9 +269,9 @@ def local_errors(mixture: GaussianMixture, kernels: list[ReverseKernel], t: int,
             raise ValueError(f"kernel {k.name} does not share the root schedule {root.name}")
         if getattr(k, "dim", mixture.D) != mixture.D:
             raise ValueError(f"kernel {k.name} has dim {k.dim} but the mixture has D={mixture.D}")
-    t, s, lt, ls = _check_jump(kernels[0], t, s)
+    t, s, lt, ls = check_jump(kernels[0], t, s)
     x_t, w, post, _ = joint_sample(mixture, lt, ls, n_points, 0, generator, importance)
-    strata = _Strata(post, n_mc, generator)
+    strata = Strata(post, n_mc, generator)
     # joint_sample draws exactly the first n_points // 2 points from q and the rest from the wide
     # copy (when it uses one): the standard error must treat them as two strata.
     n_first = n_points // 2 if bool((w != 1).any()) else n_points
@@ -480,10 +284,10 @@ def local_errors(mixture: GaussianMixture, kernels: list[ReverseKernel], t: int,
             out.append(LocalError(0.0, 0.0, n_points, n_mc, None, method, t, s, kernel.name,
                                   n_ratio=n_points, raw_mean=0.0))
             continue
-        terms = _point_terms(strata, dist)
+        terms = point_terms(strata, dist)
         contrib = w * terms.values(w)
         raw = contrib.mean().item()
-        se = _stratified_se(contrib, n_first)
+        se = stratified_se(contrib, n_first)
         if not math.isfinite(raw) or not math.isfinite(se):
             raise FloatingPointError(f"local error of {kernel.name} at t={t}, s={s} is not finite "
                                      f"({raw} +- {se}): the kernel returned a degenerate density")
@@ -542,157 +346,6 @@ def local_error_curve(mixture: GaussianMixture, kernel: ReverseKernel,
                               progress)[kernel.name]
 
 
-# ---------------------------------------------------------------------- 1-D quadrature
-#: Largest Gauss-Hermite rule offered (the eigen-solve is O(n^3); beyond this use more strata).
-MAX_HERMITE_NODES = 2000
-
-
-def gauss_hermite(n: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Nodes and weights of n-point Gauss-Hermite quadrature for E_{z ~ N(0, 1)} f(z).
-
-    Golub-Welsch: the nodes are the eigenvalues of the Jacobi matrix of the probabilists' Hermite
-    polynomials (off-diagonal sqrt(1..n-1)) and the weights the squared first components of its
-    eigenvectors.  Unlike the three-term recurrence (numpy's hermegauss overflows to NaN near
-    n = 150), this stays accurate for any n; the extreme weights simply underflow to 0.
-    """
-    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or not 1 <= n <= MAX_HERMITE_NODES:
-        raise ValueError(f"n must be an integer in [1, {MAX_HERMITE_NODES}]; got {n!r}")
-    off = np.sqrt(np.arange(1, int(n), dtype=np.float64))
-    J = np.diag(off, 1) + np.diag(off, -1)
-    z, V = np.linalg.eigh(J)
-    w = V[0] ** 2
-    z = 0.5 * (z - z[::-1])                       # exact symmetry of the rule
-    w = 0.5 * (w + w[::-1])
-    return torch.from_numpy(z.copy()), torch.from_numpy(w / w.sum())
-
-
-#: The ratio form u - 1 - log u is used at an x_t when the inner rule integrates p to 1 within this.
-QUAD_MASS_TOL = 1e-9
-#: Most outer nodes the quadrature route accepts.
-MAX_OUTER_NODES = 200_000
-
-
-def local_error_quadrature(mixture: GaussianMixture, kernel: ReverseKernel, t: int, s: int,
-                           n_outer: int = 96, n_inner: int = 48,
-                           latent_ok: bool = False) -> LocalError:
-    """Deterministic M_{t->s} in 1-D.
-
-    Outer integral over x_t: trapezoid rule on a uniform grid covering every marginal component
-    +- 12 standard deviations, with a spacing that resolves both the narrowest component (sd / 8)
-    and the width sd^2 / separation over which the responsibilities r_k(x_t) switch (the error of
-    small steps lives in that thin layer between modes, which per-component Gauss-Hermite nodes
-    miss); at least ``n_outer`` nodes.  Inner integral over x_s: ``n_inner``-point Gauss-Hermite
-    per posterior component.  The integrand is u - 1 - log u (u = p/q, each term >= 0, of order
-    (u - 1)^2, so KLs of 1e-19 come out right and never negative) wherever the inner rule
-    integrates p to 1 within QUAD_MASS_TOL; where it does not (p much wider than q) it is the log
-    ratio log q - log p, which the rule integrates exactly for Gaussian p.
-
-    Kernels need an exact ``log_prob`` (Gaussian, exact); a kernel returning a LatentMixture is
-    refused unless ``latent_ok`` (then the KL is against the L-component mixture it returns, exact
-    only when that mixture is deterministic).  ``se`` is an error estimate of the rules, not a
-    statistical error: |change with half the inner nodes| + |change with twice the outer spacing|.
-    """
-    if mixture.D != 1:
-        raise ValueError(f"quadrature route is 1-D only; the mixture has D={mixture.D}")
-    for name, v in (("n_outer", n_outer), ("n_inner", n_inner)):
-        if isinstance(v, bool) or not isinstance(v, int) or v < 4:
-            raise ValueError(f"{name} must be an integer >= 4; got {v!r}")
-    t, s, lt, ls = _check_jump(kernel, t, s)
-    ab_t, om_t = math.exp(lt), -math.expm1(lt)
-    sd = (ab_t * mixture.eigvals[:, 0] + om_t).sqrt()                         # (K,)
-    m = math.sqrt(ab_t) * mixture.means[:, 0]
-    lo, hi = (m - 12 * sd).min().item(), (m + 12 * sd).max().item()
-    h = sd.min().item() / 8
-    sep = (m.max() - m.min()).item()
-    if sep > 0:
-        h = min(h, sd.min().item() ** 2 / sep / 4)
-    n_nodes = max(n_outer, int(math.ceil((hi - lo) / h)) + 1)
-    if n_nodes > MAX_OUTER_NODES:
-        raise ValueError(f"the quadrature route would need {n_nodes} outer nodes (components of "
-                         f"sd {sd.min().item():.3g} over a range of {hi - lo:.3g}); use Monte Carlo")
-    x_t = torch.linspace(lo, hi, n_nodes, dtype=torch.float64)[:, None]
-    h = (hi - lo) / (n_nodes - 1)
-    w_t = mixture_log_prob(diffused_mixture(mixture, lt), x_t).exp() * h
-    post = posterior_from_log_alpha_bars(mixture, x_t, lt, ls)
-    dist = kernel.distribution(x_t, t, s, n_latent=None)
-    if isinstance(dist, LatentMixture) and not latent_ok:
-        raise ValueError("the quadrature route needs an exact log-density; latent kernels are "
-                         "scored by Monte Carlo (pass latent_ok=True for a deterministic mixture)")
-    sd_post = post.eigvals[:, 0].sqrt()                                        # (K,)
-    means, weights = post.means[:, :, 0], post.weights
-
-    def kl_at(n_in):
-        zi, hi_ = gauss_hermite(n_in)
-        direct = torch.zeros(x_t.shape[0], dtype=x_t.dtype)
-        ratio, mass = torch.zeros_like(direct), torch.zeros_like(direct)
-        for k in range(post.K):
-            for zl, hl in zip(zi.tolist(), hi_.tolist()):
-                if hl == 0.0:
-                    continue
-                x_s = (means[:, k] + sd_post[k] * zl)[:, None]
-                d = (dist.log_prob(x_s) - post.log_prob(x_s)).clamp(max=700.0)
-                c = weights[:, k] * hl
-                direct -= c * d
-                ratio += c * (torch.expm1(d) - d)
-                mass += c * d.exp()
-        return torch.where((mass - 1).abs() <= QUAD_MASS_TOL, ratio, direct)
-
-    kl = kl_at(n_inner)
-    full = (w_t * kl).sum().item()
-    coarse = (2 * w_t[::2] * kl[::2]).sum().item()
-    half = (w_t * kl_at(max(n_inner // 2, 2))).sum().item()
-    err = abs(full - half) + abs(full - coarse)
-    return LocalError(full, err, x_t.shape[0], n_inner, None, "quadrature", t, s, kernel.name)
-
-
-def point_kl_quadrature(mixture: GaussianMixture, log_ab_t: float, log_ab_s: float,
-                        x_t: torch.Tensor, dist_of, n_nodes: int = 48) -> tuple[float, float]:
-    """KL(q(x_s | x_t) || p(x_s | x_t)) at ONE point x_t (D,), D <= 2, by product Gauss-Hermite
-    quadrature in every posterior component's eigenbasis: (kl, error estimate).
-
-    ``dist_of(post)`` returns p for a MixturePosterior of n_nodes^D copies of x_t (e.g. the
-    moment-matched Gaussian).  The integrand is u - 1 - log u (>= 0; see
-    :func:`local_error_quadrature`) where the rule integrates p to 1 within QUAD_MASS_TOL, else
-    the log ratio.  The error estimate is the change against a rule with half the nodes per axis;
-    it is an error bar of the rule, not a statistical one.
-    """
-    x_t = torch.as_tensor(x_t, dtype=mixture.dtype).reshape(-1)
-    D = x_t.numel()
-    if D != mixture.D or D > 2:
-        raise ValueError(f"x_t must have the mixture's dimension D={mixture.D} <= 2; got {D}")
-    if isinstance(n_nodes, bool) or not isinstance(n_nodes, int) or not 4 <= n_nodes <= 256:
-        raise ValueError(f"n_nodes must be an integer in [4, 256]; got {n_nodes!r}")
-
-    def rule(n):
-        z, h = gauss_hermite(n)
-        if D == 1:
-            nodes, wts = z[:, None], h
-        else:
-            nodes = torch.cartesian_prod(z, z)
-            wts = (h[:, None] * h[None, :]).reshape(-1)
-        M = nodes.shape[0]
-        post = posterior_from_log_alpha_bars(mixture, x_t[None].expand(M, D).contiguous(),
-                                             log_ab_t, log_ab_s)
-        dist = dist_of(post)
-        direct = ratio = mass = 0.0
-        for k in range(post.K):
-            r_k = post.weights[0, k].item()
-            if r_k < MIN_STRATUM_WEIGHT:
-                continue
-            off = post.eigvals[k].sqrt() * nodes
-            if not post.axis_aligned:
-                off = off @ post.eigvecs[k].T
-            x = post.means[:, k] + off
-            d = (dist.log_prob(x) - post.log_prob(x)).clamp(max=700.0)
-            direct -= r_k * (wts * d).sum().item()
-            ratio += r_k * (wts * (torch.expm1(d) - d)).sum().item()
-            mass += r_k * (wts * d.exp()).sum().item()
-        return ratio if abs(mass - 1) <= QUAD_MASS_TOL else direct
-
-    full, half = rule(n_nodes), rule(max(n_nodes // 2, 2))
-    return full, abs(full - half)
-
-
 # ---------------------------------------------------------------------- on-trajectory scoring
 class StepScorer:
     """A sampler callback (see :func:`smdlab.sampling.ancestral_sample`) that scores every step of
@@ -727,7 +380,7 @@ class StepScorer:
         if hasattr(dist, "mean"):
             row["mean_gap"] = (dist.mean().to(post.x_t) - post.mean()).norm(dim=-1).mean().item()
         if isinstance(dist, Gaussian):
-            row["kl_t"], row["kl_t_se"] = _kl_at_points(post, dist, self.n_mc, self.generator)
+            row["kl_t"], row["kl_t_se"] = kl_at_points(post, dist, self.n_mc, self.generator)
         self.rows.append(row)
 
     def as_dict(self) -> dict[str, list]:

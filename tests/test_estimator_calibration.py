@@ -13,12 +13,9 @@ from hypothesis import strategies as st
 from smdlab import BestGaussianKernel, ExactKernel, GaussianMixture
 from smdlab.distributions import Gaussian
 from smdlab.exact import posterior_from_log_alpha_bars
-from smdlab.local_error import (
-    gauss_hermite,
-    local_error,
-    local_error_quadrature,
-    ratio_moment_bound,
-)
+from smdlab.kl_terms import ratio_moment_bound
+from smdlab.local_error import local_error
+from smdlab.quadrature import gauss_hermite, local_error_quadrature
 
 from .estimator_cases import RARE, SCHED, TWO, WrongGaussian, cases, untrained
 

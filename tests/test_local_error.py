@@ -15,9 +15,9 @@ from smdlab.local_error import (
     StepScorer,
     local_error,
     local_error_curve,
-    local_error_quadrature,
     local_errors,
 )
+from smdlab.quadrature import local_error_quadrature
 
 SCHED = NoiseSchedule.linear(1000)
 TWO = GaussianMixture.two_modes(2.0, 0.1)

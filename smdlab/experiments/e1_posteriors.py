@@ -17,8 +17,8 @@ import torch
 
 from ..exact import best_gaussian_of, posterior_from_log_alpha_bars
 from ..kernels import ExactKernel
-from ..local_error import point_kl_quadrature
 from ..provenance import save_figure
+from ..quadrature import point_kl_quadrature
 from ..sampling import chain_steps
 from ..schedules import NoiseSchedule
 from ..targets import make_target
@@ -29,7 +29,7 @@ from .base import ExperimentResult, Outputs, Verdict, register, save_result
 class E1Config:
     """chains_1d / chains_2d: numbers of steps of respaced linear(T) chains; for each chain the
     first, a middle and the last jump are shown; n_mc: copies of x_t in the plotted posterior
-    batch (the KL itself is by quadrature, see :func:`smdlab.local_error.point_kl_quadrature`)."""
+    batch (the KL itself is by quadrature, see :func:`smdlab.quadrature.point_kl_quadrature`)."""
 
     seed: int = 0
     T: int = 1000
