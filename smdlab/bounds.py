@@ -1,4 +1,10 @@
-"""Analytic bounds on the local denoising error of the best single Gaussian.
+"""Bounds on the denoising errors: the analytic local bound of the best single Gaussian, and the
+chain-rule bound on the global error.
+
+The chain-rule bound.  By the chain rule of KL and data processing,
+KL(q(x_0) || p(x_0)) <= KL(q(x_T) || N(0, I)) + sum over the chain's jumps of M_{t->s}:
+:func:`kl_bound` (the prior term by :func:`prior_kl_estimate`, the local errors by
+:mod:`smdlab.local_error`), each with its standard error.
 
 The equal-variance bound.  For a mixture whose components share one isotropic covariance lambda I
 (any number of components, any means and weights), the moment-matched and isotropic kernels
@@ -21,6 +27,13 @@ from __future__ import annotations
 
 import math
 
+import torch
+
+from .distributions import LOG_2PI
+from .exact import marginal
+from .kernels import ReverseKernel
+from .local_error import local_error_curves, mixture_log_prob
+from .mixture import GaussianMixture
 from .schedules import NoiseSchedule
 
 
@@ -35,3 +48,50 @@ def equal_variance_bound(schedule: NoiseSchedule, t: int, s: int, lam: float, D:
     if denom <= 0:
         return math.inf
     return 0.5 * D * math.log1p((ab_s - ab_t) / denom)
+
+
+# ---------------------------------------------------------------------- the chain-rule bound (global)
+def prior_kl_estimate(mixture: GaussianMixture, schedule: NoiseSchedule, n: int = 50_000,
+                      generator: torch.Generator | None = None) -> tuple[float, float]:
+    """KL(q(x_T) || N(0, I)) by Monte Carlo: (mean, se).
+
+    Terms u - 1 - log u with u = N(x; 0, I) / q_T(x), x ~ q_T (u - 1 has mean 0): each is >= 0,
+    so the estimate is never negative, and of order (u - 1)^2, so the tiny prior terms of long
+    chains keep a small relative error.  q_T's component variances abar_T C + 1 - abar_T exceed
+    3/4 (N(0, I)'s variance 1 is below 4/3 of theirs) whenever abar_T (1 - C) < 1/4, true for any
+    usable chain: u's fourth moment is then finite and the standard error holds.
+    """
+    if isinstance(n, bool) or not isinstance(n, int) or n < 2:
+        raise ValueError(f"n must be an integer >= 2 (for a standard error); got {n!r}")
+    q_T = marginal(mixture, schedule.root, schedule.root.T)
+    x = q_T.sample(n, generator)
+    log_q = mixture_log_prob(q_T, x)
+    log_p = -0.5 * (x * x).sum(-1) - 0.5 * mixture.D * LOG_2PI
+    d = (log_p - log_q).clamp(max=700.0)
+    terms = torch.expm1(d) - d
+    return terms.mean().item(), (terms.std() / math.sqrt(n)).item()
+
+
+def prior_kl(mixture: GaussianMixture, schedule: NoiseSchedule, n: int = 50_000,
+             generator: torch.Generator | None = None) -> float:
+    """KL(q(x_T) || N(0, I)) in nats (T: the last step of the root schedule)."""
+    if generator is None:
+        generator = torch.Generator().manual_seed(0)
+    return prior_kl_estimate(mixture, schedule, n, generator)[0]
+
+
+def kl_bound(mixture: GaussianMixture, kernel: ReverseKernel, schedule: NoiseSchedule | None = None,
+             n_points: int = 2048, n_mc: int = 2, n_latent: int | None = 64,
+             generator: torch.Generator | None = None, progress: bool = False) -> dict:
+    """The chain-rule bound KL(q(x_T) || N(0, I)) + sum of M over the chain's jumps.
+
+    Returns {"bound", "bound_se", "prior_kl", "prior_kl_se", "sum_local", "sum_local_se",
+    "curve" (the LocalErrorCurve as a dict)}.
+    """
+    sched = kernel.schedule if schedule is None else schedule
+    curve = local_error_curves(mixture, [kernel], sched, n_points, n_mc, n_latent, generator,
+                               progress)[kernel.name]
+    pk, pk_se = prior_kl_estimate(mixture, kernel.schedule, generator=generator)
+    se = math.sqrt(curve.total_se ** 2 + pk_se ** 2)
+    return {"bound": pk + curve.total, "bound_se": se, "prior_kl": pk, "prior_kl_se": pk_se,
+            "sum_local": curve.total, "sum_local_se": curve.total_se, "curve": curve.as_dict()}

@@ -7,14 +7,8 @@ import pytest
 import torch
 
 from smdlab import BestGaussianKernel, ExactKernel, GaussianMixture, NoiseSchedule, ancestral_sample
-from smdlab.global_error import (
-    grid_convergence,
-    grid_global_error,
-    kl_bound,
-    prior_kl,
-    prior_kl_estimate,
-    sampled_global_kl,
-)
+from smdlab.bounds import kl_bound, prior_kl, prior_kl_estimate
+from smdlab.global_error import grid_convergence, grid_global_error, sampled_global_kl
 from smdlab.mixture import GaussianMixture as GM
 
 SCHED = NoiseSchedule.linear(1000)

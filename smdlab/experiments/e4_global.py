@@ -21,7 +21,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..global_error import grid_convergence, grid_global_error, prior_kl_estimate
+from ..bounds import prior_kl_estimate
+from ..global_error import grid_convergence, grid_global_error
 from ..kernels import BestGaussianKernel, ExactKernel
 from ..local_error import local_error_curves
 from ..metrics import sample_metrics
