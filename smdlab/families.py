@@ -419,7 +419,8 @@ def ddim_pushforward(kernel: DDIMKernel, x_T: torch.Tensor, schedule: NoiseSched
 def ddim_pushforward_kl(mixture: GaussianMixture, kernel: DDIMKernel,
                         schedule: NoiseSchedule | None = None, n_grid: int | None = None,
                         n_samples: int | None = None, width: float | None = None,
-                        generator: torch.Generator | None = None) -> dict:
+                        generator: torch.Generator | None = None,
+                        jacobian: str = "autograd") -> dict:
     """KL(q(x_0) || p(x_0)) of deterministic DDIM by the change of variables.
 
     * 1-D: p(x_0) on a uniform x_0 grid over q's support (:func:`ddim_density_1d`, the increasing
@@ -432,6 +433,7 @@ def ddim_pushforward_kl(mixture: GaussianMixture, kernel: DDIMKernel,
       or a Monte Carlo average with its standard error.  "q_mass" is the same rule applied to
       E_p[r] = 1: below 1 when the rule misses part of q (p's density there is too small for
       the x_T nodes to reach); then "kl" is not resolved.
+    ``jacobian`` is passed to :func:`ddim_pushforward` ("tweedie" is several times faster in D = 8).
     Returns {"kl", "se", "q_mass", "unreached" (1-D: q's mass outside the image), "method",
     "steps", "kernel"}.
     """
@@ -447,7 +449,7 @@ def ddim_pushforward_kl(mixture: GaussianMixture, kernel: DDIMKernel,
         h = (hi - lo) / (n - 1)
         log_q = mixture.log_prob(x[:, None])
         q = log_q.exp()
-        p = ddim_density_1d(kernel, x, schedule, width=width, n=65536)
+        p = ddim_density_1d(kernel, x, schedule, width=width, n=65536, jacobian=jacobian)
         reached = p > 0
         unreached = (q[~reached].sum() * h).item()
         q_mass = (q[reached].sum() * h).item()
@@ -469,7 +471,7 @@ def ddim_pushforward_kl(mixture: GaussianMixture, kernel: DDIMKernel,
         x_T = torch.randn(n_samples, D, dtype=torch.float64, generator=generator)
         w = torch.full((n_samples,), 1.0 / n_samples, dtype=torch.float64)
         method = f"mc {n_samples}"
-    x0, logp = ddim_pushforward(kernel, x_T, schedule)
+    x0, logp = ddim_pushforward(kernel, x_T, schedule, jacobian)
     log_r = mixture_log_prob_any(mixture, x0) - logp
     r = log_r.clamp(max=700).exp()
     f = r * log_r
@@ -488,14 +490,14 @@ def mixture_log_prob_any(mixture: GaussianMixture, x: torch.Tensor) -> torch.Ten
 
 def ddim_density_1d(kernel: DDIMKernel, x0_grid: torch.Tensor,
                     schedule: NoiseSchedule | None = None, width: float = 8.0,
-                    n: int = 8192) -> torch.Tensor:
+                    n: int = 8192, jacobian: str = "autograd") -> torch.Tensor:
     """p(x_0) of 1-D deterministic DDIM on a grid of x_0 values (M,): the map is increasing, so it
     is inverted by interpolating log p over a fine x_T grid (n nodes on [-width, width]); zero
     outside the image of that interval."""
     if kernel.dim != 1:
         raise ValueError(f"ddim_density_1d is 1-D; the kernel has dim {kernel.dim}")
     x_T = torch.linspace(-width, width, n, dtype=torch.float64)[:, None]
-    x0, logp = ddim_pushforward(kernel, x_T, schedule)
+    x0, logp = ddim_pushforward(kernel, x_T, schedule, jacobian)
     xs, lp = x0[:, 0].numpy(), logp.numpy()
     if not np.all(np.diff(xs) > 0):
         raise RuntimeError("the 1-D DDIM map is not increasing on the grid (it should be)")

@@ -330,3 +330,38 @@ def test_component_marginals_of_the_moments_match_a_direct_formula():
     h = (y[1] - y[0]).item()
     for j in range(3):
         assert (dens * y ** (j + 1)).sum().item() * h == pytest.approx(mom[j, 0, 0].item(), abs=1e-8)
+
+
+# ---------------------------------------------------------------------- E9 (the bench itself)
+def test_e9_quick_run_scores_every_family_consistently(tmp_path):
+    import dataclasses
+    import json
+
+    from smdlab.experiments import REGISTRY, Outputs
+    from smdlab.experiments.base import VERDICTS
+
+    exp = REGISTRY["e9"]
+    cfg = dataclasses.replace(exp.config(quick=True), targets=("two_modes",), b_dims=(1,),
+                              b_separations=(2.0,), b_stds=(0.1, 1e-3))
+    out = Outputs(tmp_path)
+    res = exp.run(cfg, out)
+    payload = json.loads(res.json_path.read_text())
+    assert payload["experiment"] == "e9" and payload["config"]["seed"] == 0
+    rows = res.data["targets"]["two_modes"]["rows"]
+    for S in cfg.steps:
+        assert rows["exact"][S]["local"] == 0.0 and abs(rows["exact"][S]["kl"]) < 1e-3
+        # DDIM(1) is the beta-tilde Gaussian: same local error on the same pairs
+        assert rows["ddim-1"][S]["local"] == pytest.approx(rows["gaussian-beta_tilde"][S]["local"],
+                                                           abs=1e-9)
+        assert rows["ddim-0"][S]["local"] is None            # no density: +inf
+        for name, r in rows.items():
+            if r[S].get("bounds"):
+                # an upper bound on a KL: never clearly negative
+                assert r[S]["kl"] > -4 * r[S]["kl_se"] - 1e-6, name
+    assert "topk-2" not in rows                              # k >= K is the exact kernel
+    assert {v.claim.split(":")[0].split(" ")[0] for v in res.verdicts} == {"L5", "C3"}
+    assert all(v.status in VERDICTS and (out.root / v.figure).exists() for v in res.verdicts)
+    assert all(p.exists() and p.stat().st_size > 1000 for p in res.figures)
+    # the narrow-component target is the worse one for a perfect DDPM (the final jump's floor)
+    stds = res.data["part_b"]["stds"]
+    assert stds[1e-3]["kl"] > stds[0.1]["kl"]
