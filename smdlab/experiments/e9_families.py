@@ -29,11 +29,12 @@ import math
 import time
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from ..families import DDIMKernel, GMSKernel, ddim_pushforward_kl, oracle_families
 from ..global_error import grid_global_error
-from ..kernels import BestGaussianKernel
+from ..kernels import BestGaussianKernel, ExactKernel
 from ..local_error import joint_sample, local_errors
 from ..mixture import GaussianMixture
 from ..path_kl import iw_global_kl
@@ -80,6 +81,7 @@ class E9Config:
     Ks: tuple = (1, 8, 32)
     Ks_product8: tuple = (1, 4, 16)
     ddim_grid_2d: int = 128
+    grid_1d: int = 1024
     ddim_samples_hd: int = 2048
     analytic_points: int = 2048
     needs_tol: float = 0.05
@@ -91,14 +93,16 @@ class E9Config:
     b_points: int = 64
     b_Ks: tuple = (1, 16, 64)
     b_local_points: int = 512
+    b_grid: int = 4096
     needs_tol_global: float = 0.1
 
     @classmethod
     def quick(cls) -> E9Config:
         return cls(targets=("two_modes", "anisotropic"), steps=(2, 4), topk=(1, 2),
-                   n_points=64, iw_points=16, Ks=(1, 8), ddim_grid_2d=48, analytic_points=512,
-                   b_steps=4, b_dims=(1, 2), b_separations=(2.0, 32.0), b_stds=(0.1, 1e-3),
-                   b_points=16, b_Ks=(1, 8), b_local_points=64)
+                   n_points=64, iw_points=16, Ks=(1, 8), ddim_grid_2d=48, analytic_points=256,
+                   grid_1d=512, b_steps=4, b_dims=(1, 2), b_separations=(2.0, 32.0),
+                   b_stds=(0.1, 1e-3), b_points=16, b_Ks=(1, 4), b_local_points=64,
+                   b_grid=256)
 
 
 def _sizes(cfg: E9Config, tname: str):
@@ -107,12 +111,25 @@ def _sizes(cfg: E9Config, tname: str):
     return cfg.steps, cfg.n_points, cfg.iw_points, cfg.Ks
 
 
+def _has_density(k) -> bool:
+    return not (isinstance(k, DDIMKernel) and k.eta == 0)
+
+
+def _cv_ok(k) -> bool:
+    """Kernels scored by the control-variate estimator of :mod:`smdlab.local_error`: Gaussians
+    and the mixtures whose components are the exact posterior's (possibly widened).  GMS and
+    the top-k truncations get the plain mean (``_plain_local``)."""
+    return _has_density(k) and (k.is_gaussian or isinstance(k, ExactKernel)
+                                or k.name == "smd-construction")
+
+
 def _plain_local(mix, kernel, t, s, n_points, g) -> tuple[float, float]:
     """M_{t->s} by plain Monte Carlo: the mean of log q(x_s | x_t) - log p(x_s | x_t) over
-    x_t ~ q(x_t), x_s ~ q(x_s | x_t), with its standard error.  Used for GMS, whose fitted
-    variance can sit far below the posterior's (unrepresentable steps): the control variate
-    p/q - 1 of :mod:`smdlab.local_error` is then heavy-tailed and its fitted coefficient unstable
-    (it returned -3e9 on the 8-D target), while the plain mean stays unbiased."""
+    x_t ~ q(x_t), x_s ~ q(x_s | x_t), with its standard error.  Used for GMS and the top-k
+    truncations, where the ratio p/q is heavy-tailed (GMS's variance floor on unrepresentable
+    steps; the truncated kernel's missing modes): the fitted control-variate coefficients of
+    :mod:`smdlab.local_error` were then unstable (-3e9 nats for GMS on the 8-D target, -6e7 for
+    top-2 on the anisotropic one), while the plain mean stays unbiased with an honest error."""
     root = kernel.schedule.root
     lt, ls = root.log_alpha_bars[t].item(), root.log_alpha_bars[s].item()
     x_t, w, post, x_s = joint_sample(mix, lt, ls, n_points, 1, g, importance=True)
@@ -128,18 +145,17 @@ def _score_target(mix, kernels, root, steps, n_points, iw_points, Ks, cfg, g) ->
         t_start = time.time()
         chain = root.respace(S)
         pairs = chain_steps(kernels[0], chain)
-        cv = [k for k in kernels if not isinstance(k, GMSKernel)
-              and not (isinstance(k, DDIMKernel) and k.eta == 0)]
+        cv = [k for k in kernels if _cv_ok(k)]
+        plain = [k for k in kernels if not _cv_ok(k) and _has_density(k)]
         sums = {k.name: [0.0, 0.0] for k in kernels}
         for t, s in pairs:
             for k, r in zip(cv, local_errors(mix, cv, t, s, n_points, 1, None, g)):
                 sums[k.name][0] += r.mean
                 sums[k.name][1] += r.se ** 2
-            for k in kernels:
-                if isinstance(k, GMSKernel):
-                    m, se = _plain_local(mix, k, t, s, n_points, g)
-                    sums[k.name][0] += m
-                    sums[k.name][1] += se ** 2
+            for k in plain:
+                m, se = _plain_local(mix, k, t, s, n_points, g)
+                sums[k.name][0] += m
+                sums[k.name][1] += se ** 2
         for k in kernels:
             row = {}
             if isinstance(k, DDIMKernel) and k.eta == 0:
@@ -155,10 +171,17 @@ def _score_target(mix, kernels, root, steps, n_points, iw_points, Ks, cfg, g) ->
             else:
                 row.update(local=sums[k.name][0], local_se=math.sqrt(sums[k.name][1]))
                 r = iw_global_kl(mix, k, chain, iw_points, Ks, g)
+                gap = (r["bound"][-2] - r["bound"][-1]) if len(Ks) > 1 else 0.0
                 row.update(kl=r["bound"][-1], kl_se=r["se"][-1], K=r["K"], bounds=r["bound"],
-                           bound_se=r["se"],
-                           gap=(r["bound"][-2] - r["bound"][-1]) if len(Ks) > 1 else 0.0,
+                           bound_se=r["se"], gap=gap,
+                           converged=bool(gap < max(2 * r["se"][-1], 0.05 * abs(r["bound"][-1])
+                                                    + 0.01)),
                            method=f"IW bound K={r['K'][-1]}, {iw_points} x_0")
+                if mix.D == 1 and not isinstance(k, GMSKernel):
+                    # the deterministic 1-D cross-check (the grid pushes Gaussian and mixture
+                    # steps only, so not GMS's product mixture)
+                    row["grid_kl"] = grid_global_error(mix, k, chain, n_grid=cfg.grid_1d,
+                                                       n_latent=None)["kl"]
             out[k.name][S] = row
         timings[S] = time.time() - t_start
     return out, timings
@@ -206,9 +229,9 @@ def _part_b(cfg: E9Config, root: NoiseSchedule, g) -> dict:
         row["M_final"] = float(ms[-1].mean)
         sd = mix.eigvals.min().sqrt().item()
         span = (mix.means.max() - mix.means.min()).item() + 14 * sd
-        # the grid cross-check only where its 4096 nodes resolve the narrowest component
-        row["grid"] = grid_global_error(mix, k, chain, n_grid=4096)["kl"] \
-            if mix.D == 1 and span / 4096 < sd / 4 else None
+        # the grid cross-check only where its nodes resolve the narrowest component
+        row["grid"] = grid_global_error(mix, k, chain, n_grid=cfg.b_grid)["kl"] \
+            if mix.D == 1 and span / cfg.b_grid < sd / 4 else None
         return row
 
     out = {"steps": cfg.b_steps, "inner_bound_per_dim": inner_bound_1d,
@@ -263,30 +286,50 @@ def _style(name):
     return dict(ls="-", marker=".", ms=5)
 
 
-def _target_figure(tname, td, out):
+def _global_value(row):
+    """The global KL drawn in the figure: the 1-D grid value where there is one, else the IW
+    bound, else a resolved push-forward value (None otherwise)."""
+    if row.get("grid_kl") is not None:
+        return row["grid_kl"], 0.0
+    if row.get("bounds") is None and (row.get("kl") is None or row["q_mass"] < 0.99):
+        return None, None
+    return row.get("kl"), row.get("kl_se") or 0.0
+
+
+def _target_figure(tname, td, out, floor: float = 1e-3):
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(12, 5))
     steps = td["steps"]
-    for name, rows in td["rows"].items():
+    colors = plt.get_cmap("tab20").colors
+    for i, (name, rows) in enumerate(td["rows"].items()):
         for ax, key in ((axes[0], "local"), (axes[1], "kl")):
-            xs = [S for S in steps if rows[S].get(key) is not None]
-            if not xs:
+            pts = [(S, *((rows[S]["local"], rows[S]["local_se"]) if key == "local"
+                         else _global_value(rows[S]))) for S in steps]
+            pts = [p for p in pts if p[1] is not None]
+            if not pts:
                 continue
-            ys = [rows[S][key] for S in xs]
-            err = [2 * (rows[S].get(f"{key}_se") or 0.0) for S in xs]
-            ax.errorbar(xs, ys, yerr=err, label=name, capsize=2, **_style(name))
+            xs, ys, se = zip(*pts)
+            # values at or below the floor (zero, or noise around it) are drawn on the floor
+            y = np.maximum(ys, floor)
+            lo = np.minimum(2 * np.asarray(se), y - floor)
+            ax.errorbar(xs, y, yerr=[lo, 2 * np.asarray(se)], label=name, capsize=2,
+                        color=colors[(2 * i) % 20 if i < 10 else (2 * (i - 10) + 1) % 20],
+                        **_style(name))
     for ax, lab in ((axes[0], "sum over the chain of local error M (nats)"),
-                    (axes[1], "global KL(q(x_0) || p(x_0)) (nats; IW upper bound)")):
+                    (axes[1], "global KL(q(x_0) || p(x_0)) (nats)")):
         ax.set_xscale("log")
-        ax.set_yscale("symlog", linthresh=1e-3)
+        ax.set_yscale("log")
+        ax.set_ylim(bottom=0.7 * floor)
         ax.set_xticks(steps, [str(S) for S in steps])
         ax.minorticks_off()
         ax.set_xlabel("sampling steps S")
-        ax.set_ylabel(lab)
+        ax.set_ylabel(lab + f"; <= {floor:g} drawn at {floor:g}")
     axes[0].set_title(f"{tname} (K={td['K']}, D={td['D']}): local error (DDIM eta=0: +inf)",
                       fontsize=9)
-    axes[1].set_title("global error (DDIM eta=0 by change of variables)", fontsize=9)
+    axes[1].set_title("global error: " + ("grid route (1-D)" if td["D"] == 1 else
+                                          "IW upper bound") + "; DDIM eta=0 by change of variables",
+                      fontsize=9)
     h, lab = axes[0].get_legend_handles_labels()
     fig.legend(h, lab, loc="lower center", ncol=6, fontsize=7, frameon=False)
     fig.tight_layout(rect=(0, 0.12, 1, 1))
@@ -311,7 +354,12 @@ def _part_b_figure(pb, out):
         g = [(x, r["grid"]) for x, r in zip(xs, rows) if r.get("grid") is not None]
         if g and key != "dims":
             ax.plot(*zip(*g), "kx", label="grid route (1-D)")
-        ax.set(xscale="log", yscale="log", xlabel=xlab, ylabel="global KL (nats)")
+        # linear KL axis: growth linear in D, and in log(std), reads as a straight line
+        ax.set(xscale="linear" if key == "dims" else "log", xlabel=xlab,
+               ylabel="global KL (nats)")
+        ax.set_xticks(xs, [f"{x:g}" for x in xs])
+        ax.minorticks_off()
+        ax.set_ylim(bottom=0)
         ax.legend(fontsize=7)
     fig.suptitle(f"perfect DDPM (exact mean, beta-tilde), {pb['steps']} steps: global error "
                  "along three target families", fontsize=10)
@@ -322,16 +370,18 @@ def _part_b_figure(pb, out):
 
 
 def _cell(row):
-    def f(v, se=None):
-        if v is None:
-            return "inf"
-        return f"{v:.3g}" if se is None else f"{v:.3g}±{se:.1g}"
-    loc = "inf" if row.get("local") is None else f(row["local"])
-    kl = f(row.get("kl"), row.get("kl_se"))
-    if row.get("q_mass") is not None and row.get("kl") is not None and row["q_mass"] < 0.99:
-        kl += f" (q mass reached {row['q_mass']:.2f})"
-    if row.get("kl") is None and row.get("unreached") is not None:
-        kl = f"inf (q mass {row['unreached']:.1e} beyond the map's image)"
+    loc = "inf" if row.get("local") is None else f"{row['local']:.3g}"
+    if row.get("bounds") is None:                   # deterministic DDIM: change of variables
+        if row.get("kl") is None:
+            kl = f"inf ({row['unreached']:.1e} of q beyond the map's image)"
+        elif row["q_mass"] < 0.99:
+            kl = f"n/r (reaches {row['q_mass']:.2f} of q)"
+        else:
+            kl = f"{row['kl']:.3g}"
+        return f"{loc} / {kl}"
+    kl = f"{row['kl']:.3g}±{row['kl_se']:.1g}" + ("" if row["converged"] else "†")
+    if row.get("grid_kl") is not None:
+        kl += f" [grid {row['grid_kl']:.3g}]"
     return f"{loc} / {kl}"
 
 
@@ -339,9 +389,13 @@ def _summary(data, cfg):
     lines = ["Every family's oracle member (built from the exact posterior; `smdlab.families`) on "
              "respaced linear chains. Each cell: **sum over the chain of the local error M / global "
              "KL(q(x_0) || p(x_0))** in nats. The global value is the tightest importance-weighted "
-             "upper bound B_K (`smdlab.path_kl`, ± its standard error; B_1 is the chain-rule bound, "
-             "the gap to the previous K is in results/e9.json); DDIM eta = 0 has no step density "
-             "(local error inf) and gets its exact push-forward density by the change of variables. "
+             "upper bound B_K (`smdlab.path_kl`, ± its standard error; B_1 is the chain-rule bound; "
+             "† marks bounds still falling between the last two K, i.e. loose upper bounds, "
+             "typically kernels far narrower than the forward jump, for which the forward process "
+             "is a poor proposal); in 1-D [grid] is the deterministic grid route. DDIM eta = 0 "
+             "has no step density (local error inf) and gets its push-forward density by the "
+             "change of variables (n/r: the quadrature does not reach all of q's mass, not "
+             "resolved). "
              "GMS: per-dimension two-component moment fit, weight 1/3 (it cannot split a "
              "symmetric bimodal step and floors its variance where |skewness| >= 1/sqrt(2)).", ""]
     for tname, td in data["targets"].items():
