@@ -22,6 +22,13 @@ kernels); for a latent kernel with sampled latents (``n_latent``) the per-step d
 unbiased estimate of p(x_s | x_t), the product over the steps stays unbiased for p(x_{0:T}), and
 the bound remains a bound (looser).  A deterministic step (DDIM, eta = 0) has no density: use
 :func:`smdlab.families.ddim_pushforward_kl`.
+
+Tightness.  The forward process is the right proposal when the model's reverse path resembles
+q's; it is a poor one for kernels much narrower than the true reverse step, and then B_K falls
+slowly in K.  Measured (E9, 1-D two modes): DDIM with eta = 0.5 on a 100-step chain has B_32 = 51
+nats while the grid route gives 0.018; the moment-matched Gaussian at 10 steps has
+B_32 = 0.061 +- 0.02 against the grid's 0.062.  Always read B_K over growing K (the gap between
+the last two is the convergence check) and trust it as an upper bound only.
 """
 
 from __future__ import annotations
