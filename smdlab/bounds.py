@@ -6,6 +6,33 @@ KL(q(x_0) || p(x_0)) <= KL(q(x_T) || N(0, I)) + sum over the chain's jumps of M_
 :func:`kl_bound` (the prior term by :func:`prior_kl_estimate`, the local errors by
 :mod:`smdlab.local_error`), each with its standard error.
 
+The general bound (any data distribution).  For the moment-matched and the isotropic best Gaussian
+and any jump t -> s >= 1 of a DDPM chain,
+
+    M_{t->s} <= (D/2) log(SNR_s / SNR_t),   SNR = abar / (1 - abar),
+
+whatever q(x_0) is (no mixture, no shared covariance, no moment assumption).  Derivation, with
+a^2 = abar_t / abar_s, b = 1 - a^2, x_t = a x_s + sqrt(b) xi:
+
+  (1) Given x_0 and x_t, x_s is Gaussian with covariance w^2 I, w^2 = beta~ =
+      b (1 - abar_s) / (1 - abar_t) (the DDPM posterior q(x_s | x_t, x_0)).  So q(x_s | x_t) is the
+      average over q(x_0 | x_t) of Gaussians of covariance w^2 I.
+  (2) Entropy is concave, H(x_s | x_t) >= H(x_s | x_t, x_0) = (D/2) log(2 pi e w^2) pointwise in x_t.
+  (3) The isotropic Gaussian N(mu(x_t), v(x_t) I) with the mixture's mean and
+      v = tr Cov(x_s | x_t) / D has cross-entropy (D/2) log(2 pi e v), so
+      KL(q(x_s | x_t) || N) = (D/2) log(2 pi e v) - H <= (D/2) log(v(x_t) / w^2); the
+      moment-matched Gaussian is the best Gaussian, so its KL is no larger.
+  (4) Jensen (log is concave): M = E_{x_t} KL <= (D/2) log(E[v(x_t)] / w^2).
+  (5) E[v] D = E ||x_s - E[x_s | x_t]||^2 is the minimum mean squared error of estimating x_s from
+      x_t, at most the error of the estimate x_t / a, which is (b / a^2) D.
+  (6) So M <= (D/2) log(b / (a^2 w^2)) = (D/2) log(abar_s (1 - abar_t) / (abar_t (1 - abar_s))).
+On the last jump (s = 0) w^2 = 0 and no bound exists: there M is unbounded as q(x_0) degenerates.
+Summed over the jumps with s >= 1 the bound telescopes to (D/2) log(SNR_{t_1} / SNR_T), for any
+number of steps.  The bound is loose on fine steps (steps (4) and (5) are far from tight there:
+E3 reports M / bound against R = SNR_s / SNR_t).  :func:`general_bound` computes it; (3) and (5)
+are tested on their own and the whole bound on unequal-weight, anisotropic mixtures
+(tests/test_bounds.py).
+
 The equal-variance bound.  For a mixture whose components share one isotropic covariance lambda I
 (any number of components, any means and weights), the moment-matched and isotropic kernels
 satisfy, for a jump t -> s,
@@ -34,7 +61,27 @@ from .exact import marginal
 from .kernels import ReverseKernel
 from .local_error import local_error_curves, mixture_log_prob
 from .mixture import GaussianMixture
-from .schedules import NoiseSchedule
+from .schedules import NoiseSchedule, check_jump
+
+
+def snr_ratio(schedule: NoiseSchedule, t: int, s: int) -> float:
+    """R = SNR_s / SNR_t >= 1 of the jump t -> s (root steps), SNR = abar / (1 - abar); inf for s = 0."""
+    root = schedule.root
+    t, s = check_jump(t, s, root.T)
+    if s == 0:
+        return math.inf
+    lt, ls = root.log_alpha_bars[t].item(), root.log_alpha_bars[s].item()
+    # log SNR = log abar - log(1 - abar), with 1 - abar = -expm1(log abar) (no cancellation).
+    return math.exp((ls - math.log(-math.expm1(ls))) - (lt - math.log(-math.expm1(lt))))
+
+
+def general_bound(schedule: NoiseSchedule, t: int, s: int, D: int) -> float:
+    """(D/2) log(SNR_s / SNR_t): the bound above on M_{t->s} of the moment-matched and isotropic
+    best Gaussians for ANY data distribution in dimension D (root steps t > s; inf for s = 0)."""
+    if not (isinstance(D, int) and not isinstance(D, bool) and D >= 1):
+        raise ValueError(f"D must be a positive integer; got {D!r}")
+    t, s = check_jump(t, s, schedule.root.T)
+    return 0.5 * D * math.log(snr_ratio(schedule, t, s)) if s > 0 else math.inf
 
 
 def equal_variance_bound(schedule: NoiseSchedule, t: int, s: int, lam: float, D: int) -> float:
