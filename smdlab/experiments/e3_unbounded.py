@@ -5,12 +5,14 @@ standard deviation (on the last jump, to x_0, in particular), (c) the dimension 
 (d) fewer steps; and (e) for N in {1, 5, 10}, a search for a mixture whose M_t exceeds N at EVERY
 jump of a chain.
 
-A bound settles what no search can: the equal-variance bound of :mod:`smdlab.bounds` (derived
-there, checked numerically here) caps M_{t->s} of the moment-matched and isotropic kernels for any
-mixture whose components share one isotropic covariance lambda I.  For s >= 1 it is at most
-(D/2) log(SNR_s / SNR_t) whatever the mixture, so only the last jump (s = 0) is unbounded in a fixed
-dimension, and only as lambda -> 0; summed over the jumps with s >= 1 it telescopes to
-(D/2) log(SNR_{t_1} / SNR_T) for any number of steps.
+A bound settles what no search can: the general bound of :mod:`smdlab.bounds` (derived there,
+checked numerically here) caps M_{t->s} of the moment-matched and isotropic kernels on every jump
+t -> s >= 1 at (D/2) log(SNR_s / SNR_t) for ANY data distribution, so only the last jump (s = 0) is
+unbounded in a fixed dimension; summed over the jumps with s >= 1 it telescopes to
+(D/2) log(SNR_{t_1} / SNR_T) for any number of steps.  The equal-variance bound (components sharing
+lambda I) is sharper on the last jump, where it is finite for lambda > 0.  (f) measures how tight
+the general bound is against the jump's SNR ratio R, on the two-mode and on an unequal-weight
+anisotropic 2-D mixture.
 """
 
 from __future__ import annotations
@@ -23,13 +25,14 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..bounds import equal_variance_bound
+from ..bounds import equal_variance_bound, general_bound, snr_ratio
 from ..kernels import BestGaussianKernel
 from ..local_error import local_errors
 from ..mixture import GaussianMixture
 from ..provenance import save_figure
 from ..sampling import chain_steps
 from ..schedules import NoiseSchedule
+from ..targets import anisotropic_target
 from .base import ExperimentResult, Outputs, Verdict, register, save_result
 
 
@@ -58,6 +61,7 @@ class E3Config:
     search_stds: tuple = (1e-3, 0.1)
     search_levels: tuple = (1, 2)
     long_subset: int = 24
+    tightness_chains: tuple = (1000, 100, 10, 4, 2)
     n_points: int = 1024
     n_points_dim: int = 512
 
@@ -65,7 +69,8 @@ class E3Config:
     def quick(cls):
         return cls(separations=(1.0, 64.0), stds=(0.1, 1e-3), dims=(1, 2, 4),
                    steps=(1000, 10, 2), search_chains=(10, 4), search_separations=(2.0, 32.0),
-                   search_stds=(1e-3,), search_levels=(1,), long_subset=8, n_points=256, n_points_dim=256)
+                   search_stds=(1e-3,), search_levels=(1,), long_subset=8, n_points=256, n_points_dim=256,
+                   tightness_chains=(10, 2))
 
 
 def multiscale_mixture(root: NoiseSchedule, pairs, per_jump: int, std: float,
@@ -107,8 +112,10 @@ def _curve(mix, root, pairs, kind, n_points, g) -> dict:
     # smallest eigenvalue is the safe choice should the variances differ.
     lam = mix.eigvals.min().item()
     bounds = [equal_variance_bound(root, t, s, lam, mix.D) for t, s in pairs]
+    general = [general_bound(root, t, s, mix.D) for t, s in pairs]
     return {"t": [t for t, _ in pairs], "s": [s for _, s in pairs],
-            "mean": [r.mean for r in res], "se": [r.se for r in res], "bound": bounds}
+            "mean": [r.mean for r in res], "se": [r.se for r in res], "bound": bounds,
+            "general_bound": general}
 
 
 def _summ(c: dict) -> dict:
@@ -117,7 +124,8 @@ def _summ(c: dict) -> dict:
     return {"max": float(m.max()), "min": float(m.min()), "min_se": float(c["se"][i]),
             "sum": float(m.sum()), "sum_se": float(np.sqrt(np.sum(np.square(c["se"])))),
             "last": float(m[-1]), "min_bound": float(np.min(c["bound"])),
-            "bound_ok": bool(np.all(m <= np.asarray(c["bound"]) + 4 * np.asarray(c["se"]) + 1e-9))}
+            "bound_ok": bool(np.all(m <= np.minimum(c["bound"], c["general_bound"])
+                                    + 4 * np.asarray(c["se"]) + 1e-9))}
 
 
 @register("e3", "Unboundedness: how M_t grows with separation, width, dimension and fewer steps",
@@ -194,6 +202,16 @@ def run(cfg: E3Config, out: Outputs) -> ExperimentResult:
                 "min_dimension_by_bound": need_bound,
                 "product_dimension": need_product}
         data["search"].append(row)
+    # (f) tightness of the general bound against R = SNR_s / SNR_t, jumps to s >= 1 only.
+    data["tightness"] = []
+    for tname, mix in (("two_modes", GaussianMixture.two_modes(2.0, cfg.base_std)),
+                       ("anisotropic", anisotropic_target())):
+        for S in cfg.tightness_chains:
+            pairs = [(t, s) for t, s in _jumps(root, S, cfg.long_subset) if s >= 1]
+            c = _curve(mix, root, pairs, cfg.kind, cfg.n_points, g)
+            for t, s, m, se, b in zip(c["t"], c["s"], c["mean"], c["se"], c["general_bound"]):
+                data["tightness"].append({"target": tname, "S": S, "t": t, "s": s, "M": m, "se": se,
+                                          "R": snr_ratio(root, t, s), "bound": b, "ratio": m / b})
     data["seconds"] = time.time() - t0
     json_path = save_result("e3", cfg, data, out)
     figs = [_figure(data, cfg, out)]
@@ -283,12 +301,26 @@ def _summary(data, cfg):
                          f" | {row['best_1d']['min']:.3g} ({row['best_1d']['family']}) | "
                          f"{v['min_dimension_by_bound']} | "
                          f"{v['product_dimension'] or 'not resolved (min ~ 0)'} |")
-    checks = [r[f"S{S}"]["bound_ok"] for r in data["separation"] for S in (cfg.T, 10)]
+    lines += ["", "(f) How tight is the general bound M <= (D/2) log R, R = SNR_s / SNR_t? Jumps to "
+              "s >= 1, grouped by R:", "",
+              "| target | R | jumps | median M / bound | max M / bound |", "|---|---|---|---|---|"]
+    edges = [1.0, 1.01, 1.1, 2.0, 10.0, 100.0, math.inf]
+    for tname in dict.fromkeys(r["target"] for r in data["tightness"]):
+        rows = [r for r in data["tightness"] if r["target"] == tname]
+        for lo, hi in zip(edges[:-1], edges[1:]):
+            grp = [r["ratio"] for r in rows if lo <= r["R"] < hi]
+            if grp:
+                lines.append(f"| {tname} | {lo:g} - {hi:g} | {len(grp)} | {np.median(grp):.3g} | "
+                             f"{max(grp):.3g} |")
+    tight_ok = all(r["M"] <= r["bound"] + 4 * r["se"] + 1e-9 for r in data["tightness"])
+    checks = [tight_ok]
+    checks += [r[f"S{S}"]["bound_ok"] for r in data["separation"] for S in (cfg.T, 10)]
     checks += [r["bound_ok"] for grp in ("dimension", "steps") for r in data[grp]]
     checks += [r[f"S{S}"]["M"] <= r[f"S{S}"]["bound"] + 4 * r[f"S{S}"]["se"] + 1e-9
                for r in data["std"] for S in (cfg.T, 10)]
     ok_all = bool(all(checks))
-    lines += ["", f"Every measured M_t lies below the equal-variance bound (within 4 se): {ok_all}.",
+    lines += ["", f"Every measured M_t lies below the bounds (general on s >= 1, equal-variance on "
+              f"the last jump; within 4 se): {ok_all}.",
               "", "![E3](figures/e3_unbounded.png)"]
     fine = next((r for r in data["search"] if r["S"] == max(cfg.search_chains)), data["search"][0])
     cap = fine["bound_min_intermediate_1d"]
@@ -299,16 +331,24 @@ def _summary(data, cfg):
                 "bound_holds": ok_all}
     verdict = Verdict(
         "C3", "does not hold as stated",
-        f"Read as 'for every N one fixed-dimension mixture has M_t > N at every step', it fails "
-        f"for mixtures whose components share one isotropic covariance: for the best Gaussian "
-        f"(moment-matched or isotropic) every jump t -> s >= 1 has M <= (D/2) log(SNR_s/SNR_t), "
-        f"{cap:.3g} nats at the least-bounded jump of the {fine['S']}-step chain in 1-D, so "
-        f"exceeding N=1 everywhere needs D >= "
-        f"{fine['N'][str(cfg.search_N[0])]['min_dimension_by_bound']} (mixtures with unequal or "
-        f"anisotropic covariances are not covered by the bound).  M grows without bound only "
+        f"Read as 'for every N one fixed-dimension target has M_t > N at every step', it fails "
+        f"for every data distribution: for the best Gaussian (moment-matched or isotropic) every "
+        f"jump t -> s >= 1 has M <= (D/2) log(SNR_s/SNR_t) (derived for any q(x_0) in "
+        f"smdlab.bounds; held on every measured jump, unequal-weight anisotropic mixtures "
+        f"included: {ok_all}), {cap:.3g} nats at the least-bounded jump of the {fine['S']}-step "
+        f"chain in 1-D, so exceeding N=1 everywhere needs D >= "
+        f"{fine['N'][str(cfg.search_N[0])]['min_dimension_by_bound']}; the bound is loose on fine "
+        f"jumps (median M / bound {_median_ratio(data, 1.0, 1.1):.2g} at R < 1.1, "
+        f"{_median_ratio(data, 2.0, math.inf):.2g} at R >= 2).  M grows without bound only "
         f"(i) on the last jump as components narrow ({st[-1][f'S{cfg.T}']['M']:.3g} nats at std "
         f"{st[-1]['std']:g}) and (ii) linearly in the dimension (product mixtures); coarse chains "
         "raise M but the bound still caps every jump to s >= 1 of a fixed root chain.  So "
         "'unbounded' holds for a family of mixtures whose dimension or degeneracy grows.",
         "figures/e3_unbounded.png")
     return "\n".join(lines), [verdict], headline
+
+
+def _median_ratio(data, lo, hi) -> float:
+    """Median M / general bound over the tightness jumps with lo <= R < hi (nan if none)."""
+    grp = [r["ratio"] for r in data["tightness"] if lo <= r["R"] < hi]
+    return float(np.median(grp)) if grp else math.nan
