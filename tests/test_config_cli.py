@@ -106,7 +106,7 @@ def test_presets_are_config_instances_and_copies():
     (["e6", "--set", "e6.zoo.train.lr=inf"], ["finite"]),
     (["e1", "--set", "zoo.train.lr=1e-3"], ["zoo"]),       # e1 has no such field
     (["e1", "--out", ""], ["--out", "empty"]),
-    (["e9"], ["unknown experiment"]),
+    (["e99"], ["unknown experiment"]),
     (["e1", "--threads", "0"], ["--threads"]),
     (["e1", "--seed", "-1"], ["--seed"]),
     (["--bogus-flag"], ["unrecognized"]),
