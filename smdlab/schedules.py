@@ -9,6 +9,12 @@ A respaced schedule is the exact DDPM on a sub-chain 0 = t_0 < t_1 < ... < t_S =
 schedule: its betas are 1 - abar_{t_i} / abar_{t_{i-1}} and its abar are the root's abar on the
 kept steps.  It remembers, in ``original_steps``, which root step each of its steps is, so a
 network trained on root indices is always evaluated at the right index.
+
+diffusers (Hugging Face) indexes the same process from 0: its ``alphas_cumprod[k]`` is smdlab's
+``alpha_bars[k + 1]`` and its timestep k is smdlab's root step k + 1 (its "previous timestep" -1
+is root step 0, abar = 1).  :meth:`NoiseSchedule.from_diffusers`, :meth:`NoiseSchedule.to_diffusers`
+and :meth:`NoiseSchedule.diffusers_timesteps` translate; the "leading" spacing is diffusers'
+default ``timestep_spacing``.
 """
 
 from __future__ import annotations
@@ -18,7 +24,7 @@ import numbers
 
 import torch
 
-SPACINGS = ("linspace", "trailing", "quadratic")
+SPACINGS = ("linspace", "trailing", "quadratic", "leading")
 
 
 class IntegerTypeError(TypeError, ValueError):
@@ -187,15 +193,61 @@ class NoiseSchedule:
             raise ValueError(f"unknown schedule {name!r}; choose one of {sorted(makers)}")
         return makers[name](T)
 
+    @classmethod
+    def from_diffusers(cls, source, name: str = "diffusers") -> NoiseSchedule:
+        """The schedule of a diffusers scheduler, or of its ``alphas_cumprod`` (T,).
+
+        ``source``: a diffusers scheduler (anything with ``betas`` or ``alphas_cumprod``; its
+        ``betas`` are used, they are exact in float32 where the ratio of two float32 cumulative
+        products would lose digits at small beta), or an ``alphas_cumprod`` array / tensor / list of
+        T values, strictly decreasing in (0, 1).  ``alphas_cumprod[k]`` becomes ``alpha_bars[k+1]``.
+        """
+        betas = getattr(source, "betas", None)
+        if betas is not None and not isinstance(source, (torch.Tensor, list, tuple)):
+            return cls(torch.as_tensor(betas, dtype=torch.float64), name=name)
+        ac = getattr(source, "alphas_cumprod", source)
+        try:
+            ac = torch.as_tensor(ac, dtype=torch.float64).flatten()
+        except (TypeError, ValueError, RuntimeError) as e:
+            raise TypeError(f"alphas_cumprod must be a scheduler or a (T,) array of numbers; got "
+                            f"{type(source).__name__}") from e
+        if ac.numel() < 1 or not torch.isfinite(ac).all() or (ac <= 0).any() or (ac >= 1).any():
+            raise ValueError("alphas_cumprod must hold T >= 1 finite values in (0, 1)")
+        log_ab = torch.cat([torch.zeros(1, dtype=torch.float64), ac.log()])
+        if not (log_ab.diff() < 0).all():
+            raise ValueError("alphas_cumprod must be strictly decreasing (every beta in (0, 1))")
+        return cls(-torch.expm1(log_ab.diff()), name=name)
+
+    def to_diffusers(self) -> dict:
+        """Keyword arguments of a diffusers scheduler with this (root) schedule:
+        ``DDPMScheduler(**schedule.to_diffusers())`` gives ``alphas_cumprod == alpha_bars[1:]``.
+
+        diffusers respaces at sampling time (``set_timesteps``), so a respaced schedule is refused:
+        convert its ``root`` and pass :meth:`diffusers_timesteps` to ``set_timesteps(timesteps=...)``.
+        """
+        if self.root is not self:
+            raise ValueError(f"{self.name} is a respaced schedule: use .root.to_diffusers() and "
+                             "set_timesteps(timesteps=schedule.diffusers_timesteps())")
+        return {"num_train_timesteps": self.T, "trained_betas": self.betas.tolist()}
+
+    def diffusers_timesteps(self) -> list[int]:
+        """diffusers' timesteps of this chain, noisiest first: root steps t_S ... t_1, minus one
+        (root step 0 is diffusers' "previous timestep" -1 of the last step)."""
+        return [int(t) - 1 for t in self.original_steps[1:].flip(0).tolist()]
+
     # ------------------------------------------------------------------ respacing
     def respace(self, S: int, spacing: str = "linspace") -> NoiseSchedule:
         """The exact S-step sub-chain of this schedule.
 
-        Kept steps always start at T and end at 0.  Spacings:
+        Kept steps end at 0 and, except for "leading", start at T.  Spacings:
           * ``"linspace"``: round(i T / S), evenly spread, both ends exact;
           * ``"trailing"``: T, T - c, ..., T - (S - 1) c with integer stride c = T // S, the
             remainder absorbed by the final jump to 0;
-          * ``"quadratic"``: i + round((i / S)^2 (T - S)), dense near 0 (as in DDIM's "quad").
+          * ``"quadratic"``: i + round((i / S)^2 (T - S)), dense near 0 (as in DDIM's "quad");
+          * ``"leading"``: 0, then 1 + i c for i = 0 .. S - 1 with c = T // S: diffusers' default
+            ``timestep_spacing`` (timesteps i c, shifted by one to root steps).  Its noisiest step
+            is 1 + (S - 1) c, not T (901 for 10 of 1000 steps), and its last jump is 1 -> 0.
+        When S divides T, "trailing" is diffusers' "trailing" too.
         ``S == T`` gives back this schedule's steps.  Respacing a respaced schedule keeps
         ``original_steps`` pointing at the root schedule.
         """
@@ -290,8 +342,11 @@ def respaced_steps(T: int, S: int, spacing: str = "linspace") -> torch.Tensor:
         kept = torch.cat([torch.zeros(1, dtype=torch.float64), T - c * (S - i[1:])])
     elif spacing == "quadratic":
         kept = i + torch.floor((i / S) ** 2 * (T - S) + 0.5)
+    elif spacing == "leading":
+        kept = torch.cat([torch.zeros(1, dtype=torch.float64), 1 + (T // S) * i[:-1]])
     else:
         raise ValueError(f"unknown spacing {spacing!r}; choose one of {SPACINGS}")
     kept = kept.to(torch.int64)
-    assert kept[0] == 0 and kept[-1] == T and (kept.diff() > 0).all(), kept
+    assert kept[0] == 0 and (kept[-1] == T or spacing == "leading") and kept[-1] <= T and \
+        (kept.diff() > 0).all(), kept
     return kept
