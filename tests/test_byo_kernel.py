@@ -12,7 +12,7 @@ import pytest
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
-from torch.distributions import Independent, MixtureSameFamily, MultivariateNormal, Normal, Categorical
+from torch.distributions import Categorical, Independent, MixtureSameFamily, MultivariateNormal, Normal
 
 from smdlab import BestGaussianKernel, GaussianMixture, NoiseSchedule, ancestral_sample, posterior
 from smdlab.distributions import Gaussian, as_gaussian, sample_step, step_mean
