@@ -18,8 +18,9 @@ Contract (what every kernel, oracle or learned, provides; tests/test_kernel_cont
     :class:`~smdlab.distributions.Gaussian` for Gaussian kernels, a
     :class:`~smdlab.exact.MixturePosterior` for the exact kernel, a
     :class:`~smdlab.distributions.LatentMixture` (over ``n_latent`` latent draws) for latent kernels;
-    or a ``torch.distributions`` object with batch shape (N,) and event shape (D,), e.g. ``Independent(Normal(loc, scale), 1)`` (see
-    :mod:`smdlab.distributions` for what each operation needs of it);
+    or a ``torch.distributions`` object with batch shape (N,) and event shape (D,), e.g.
+    ``Independent(Normal(loc, scale), 1)`` (see :mod:`smdlab.distributions` for what each
+    operation needs of it);
   * ``step(x_t, t, s, generator=None, x0_hook=None) -> (distribution, x0_hat)``: what a sampler
     takes, the step distribution for one latent draw and the clean-point prediction it went through
     (None for kernels that do not step through one; ``x0_hook`` is then refused);
