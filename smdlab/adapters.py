@@ -77,7 +77,7 @@ class KDiffusionBackbone(_Backbone):
 
     def forward(self, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         la = self.log_alpha_bars[t]                                   # (N,) float64
-        sigma = (-torch.expm1(-la)).sqrt()                            # sqrt(1/abar - 1)
+        sigma = torch.expm1(-la).sqrt()                               # sqrt(1/abar - 1)
         scale = (-0.5 * la).exp().reshape(-1, *([1] * (x_t.ndim - 1)))
         out = self.fn(x_t * scale.to(x_t.dtype), sigma.to(x_t.dtype))
         if not isinstance(out, torch.Tensor) or out.shape != x_t.shape:
