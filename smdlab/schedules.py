@@ -13,8 +13,8 @@ network trained on root indices is always evaluated at the right index.
 diffusers (Hugging Face) indexes the same process from 0: its ``alphas_cumprod[k]`` is smdlab's
 ``alpha_bars[k + 1]`` and its timestep k is smdlab's root step k + 1 (its "previous timestep" -1
 is root step 0, abar = 1).  :meth:`NoiseSchedule.from_diffusers`, :meth:`NoiseSchedule.to_diffusers`
-and :meth:`NoiseSchedule.diffusers_timesteps` translate; the "leading" spacing is diffusers'
-default ``timestep_spacing``.
+and :meth:`NoiseSchedule.diffusers_timesteps` translate; :meth:`NoiseSchedule.respace_diffusers`
+gives the chain diffusers samples for each ``timestep_spacing`` (its default "leading" included).
 """
 
 from __future__ import annotations
@@ -24,7 +24,9 @@ import numbers
 
 import torch
 
-SPACINGS = ("linspace", "trailing", "quadratic", "leading")
+SPACINGS = ("linspace", "trailing", "quadratic")
+#: diffusers' ``timestep_spacing`` values (:meth:`NoiseSchedule.respace_diffusers`).
+DIFFUSERS_SPACINGS = ("leading", "trailing", "linspace")
 
 
 class IntegerTypeError(TypeError, ValueError):
@@ -239,24 +241,60 @@ class NoiseSchedule:
     def respace(self, S: int, spacing: str = "linspace") -> NoiseSchedule:
         """The exact S-step sub-chain of this schedule.
 
-        Kept steps end at 0 and, except for "leading", start at T.  Spacings:
+        Kept steps always start at T and end at 0.  Spacings:
           * ``"linspace"``: round(i T / S), evenly spread, both ends exact;
           * ``"trailing"``: T, T - c, ..., T - (S - 1) c with integer stride c = T // S, the
             remainder absorbed by the final jump to 0;
-          * ``"quadratic"``: i + round((i / S)^2 (T - S)), dense near 0 (as in DDIM's "quad");
-          * ``"leading"``: 0, then 1 + i c for i = 0 .. S - 1 with c = T // S: diffusers' default
-            ``timestep_spacing`` (timesteps i c, shifted by one to root steps).  Its noisiest step
-            is 1 + (S - 1) c, not T (901 for 10 of 1000 steps), and its last jump is 1 -> 0.
-        When S divides T, "trailing" is diffusers' "trailing" too.
+          * ``"quadratic"``: i + round((i / S)^2 (T - S)), dense near 0 (as in DDIM's "quad").
+        When S divides T, "trailing" is diffusers' "trailing" too.  diffusers' default "leading"
+        does not start at T: it is :meth:`respace_diffusers`.
         ``S == T`` gives back this schedule's steps.  Respacing a respaced schedule keeps
         ``original_steps`` pointing at the root schedule.
         """
-        kept = respaced_steps(self.T, S, spacing)
+        return self._sub_chain(respaced_steps(self.T, S, spacing), f"{self.name}->{S}({spacing})")
+
+    def respace_diffusers(self, S: int, spacing: str = "leading", steps_offset: int = 0) -> NoiseSchedule:
+        """The S-step chain a diffusers scheduler samples after ``set_timesteps(S)``.
+
+        diffusers' timesteps k (0-based) are root steps k + 1, and the step after the last one
+        (its "previous timestep" -1, alpha_prod = 1) is root step 0.  Its ``timestep_spacing``:
+          * ``"leading"`` (its default): k = i (T // S) + steps_offset, i = 0 .. S - 1, so the
+            noisiest root step is 1 + (S - 1) (T // S) + steps_offset, not T (901 for 10 of 1000
+            steps): the chain starts from N(0, I) at a step where abar_t is not yet ~0;
+          * ``"trailing"``: k = round(T, T - T/S, ..., > 0) - 1 (the noisiest is T);
+          * ``"linspace"``: k = round(linspace(0, T - 1, S)).
+        Needs a root schedule (diffusers' timesteps index the training chain).
+        """
+        if self.root is not self:
+            raise ValueError(f"respace_diffusers needs a root schedule; {self.name} is respaced "
+                             "(call it on .root)")
+        S = as_integer(S, "S (the number of steps)")
+        offset = as_integer(steps_offset, "steps_offset")
+        if not 1 <= S <= self.T:
+            raise ValueError(f"cannot respace a {self.T}-step schedule to S={S} steps (need 1..T)")
+        if spacing == "leading":
+            k = [i * (self.T // S) + offset for i in range(S)]
+        elif spacing == "trailing":
+            k = [int(torch.round(torch.tensor(self.T - i * self.T / S, dtype=torch.float64))) - 1
+                 for i in range(S)]
+        elif spacing == "linspace":
+            k = torch.linspace(0, self.T - 1, S, dtype=torch.float64).round().long().tolist()
+        else:
+            raise ValueError(f"unknown diffusers timestep_spacing {spacing!r}; choose one of "
+                             f"{DIFFUSERS_SPACINGS}")
+        kept = sorted({0, *(int(v) + 1 for v in k)})
+        if len(kept) != S + 1 or min(k) < 0 or kept[-1] > self.T:
+            raise ValueError(f"diffusers {spacing!r} spacing with S={S}, steps_offset={offset} "
+                             f"gives timesteps outside 0..T-1={self.T - 1} or repeated ones")
+        return self._sub_chain(torch.tensor(kept, dtype=torch.int64),
+                               f"{self.name}->{S}(diffusers-{spacing})")
+
+    def _sub_chain(self, kept: torch.Tensor, name: str) -> NoiseSchedule:
+        """The exact chain on this schedule's steps ``kept`` (0 = kept[0] < ... , int64)."""
         log_ab = self.log_alpha_bars[kept]
         betas = -torch.expm1(log_ab[1:] - log_ab[:-1])
         out = NoiseSchedule.__new__(NoiseSchedule)
-        out._init(log_ab, betas, self.original_steps[kept], self.root,
-                  f"{self.name}->{S}({spacing})")
+        out._init(log_ab, betas, self.original_steps[kept], self.root, name)
         return out
 
     # ------------------------------------------------------------------ helpers
@@ -342,11 +380,10 @@ def respaced_steps(T: int, S: int, spacing: str = "linspace") -> torch.Tensor:
         kept = torch.cat([torch.zeros(1, dtype=torch.float64), T - c * (S - i[1:])])
     elif spacing == "quadratic":
         kept = i + torch.floor((i / S) ** 2 * (T - S) + 0.5)
-    elif spacing == "leading":
-        kept = torch.cat([torch.zeros(1, dtype=torch.float64), 1 + (T // S) * i[:-1]])
     else:
-        raise ValueError(f"unknown spacing {spacing!r}; choose one of {SPACINGS}")
+        hint = " (diffusers' 'leading' spacing: NoiseSchedule.respace_diffusers)" \
+            if spacing == "leading" else ""
+        raise ValueError(f"unknown spacing {spacing!r}; choose one of {SPACINGS}{hint}")
     kept = kept.to(torch.int64)
-    assert kept[0] == 0 and (kept[-1] == T or spacing == "leading") and kept[-1] <= T and \
-        (kept.diff() > 0).all(), kept
+    assert kept[0] == 0 and kept[-1] == T and (kept.diff() > 0).all(), kept
     return kept

@@ -50,6 +50,8 @@ def diffusers_cosine_betas(T):
 def diffusers_timesteps(T, S, spacing, offset=0):
     if spacing == "leading":
         return ((np.arange(0, S) * (T // S)).round()[::-1] + offset).astype(np.int64).tolist()
+    if spacing == "linspace":
+        return np.linspace(0, T - 1, S).round()[::-1].astype(np.int64).tolist()
     return (np.round(np.arange(T, 0, -T / S)).astype(np.int64) - 1).tolist()
 
 
@@ -133,21 +135,41 @@ def test_from_diffusers_refuses_bad_input(bad):
         NoiseSchedule.from_diffusers(bad)
 
 
-@pytest.mark.parametrize("S", [1, 4, 10, 50, 333, 1000])
-def test_leading_spacing_is_diffusers_default(S):
-    ch = NoiseSchedule.linear(T).respace(S, "leading")
-    assert ch.T == S
-    assert ch.diffusers_timesteps() == diffusers_timesteps(T, S, "leading")
-    # root step = diffusers timestep + 1, and the chain ends with the jump 1 -> 0.
-    assert ch.original_steps[:2].tolist() == [0, 1]
-    if S == 10:
-        assert ch.original_steps[-1].item() == 901
+@pytest.mark.parametrize("spacing", ["leading", "trailing", "linspace"])
+@pytest.mark.parametrize("S", [1, 4, 7, 10, 50, 333, 999, 1000])
+def test_respace_diffusers_follows_its_timesteps(S, spacing):
+    root = NoiseSchedule.linear(T)
+    ch = root.respace_diffusers(S, spacing)
+    assert ch.T == S and ch.root is root
+    assert ch.diffusers_timesteps() == diffusers_timesteps(T, S, spacing)
+    # Exact sub-chain: abar on kept steps is the root's.
+    torch.testing.assert_close(ch.alpha_bars, root.alpha_bars[ch.original_steps], rtol=0, atol=0)
+    if spacing == "leading":    # root step = timestep + 1; the chain ends with the jump 1 -> 0
+        assert ch.original_steps[:2].tolist() == [0, 1]
+    if spacing == "leading" and S == 10:
+        assert ch.original_steps.tolist() == [0, 1, 101, 201, 301, 401, 501, 601, 701, 801, 901]
+
+
+def test_respace_diffusers_steps_offset_and_errors():
+    root = NoiseSchedule.linear(T)
+    ch = root.respace_diffusers(10, "leading", steps_offset=1)     # Stable Diffusion's setting
+    assert ch.diffusers_timesteps() == diffusers_timesteps(T, 10, "leading", offset=1)
+    with pytest.raises(ValueError, match="leading"):
+        root.respace(10, "leading")                          # respace keeps its start-at-T rule
+    with pytest.raises(ValueError, match="root"):
+        root.respace(10).respace_diffusers(5)
+    with pytest.raises(ValueError, match="timestep_spacing"):
+        root.respace_diffusers(10, "quadratic")
+    with pytest.raises(ValueError, match="outside"):
+        root.respace_diffusers(10, "leading", steps_offset=100)
 
 
 @pytest.mark.parametrize("S", [1, 4, 10, 50, 100, 1000])
 def test_trailing_spacing_is_diffusers_trailing_when_S_divides_T(S):
-    ch = NoiseSchedule.linear(T).respace(S, "trailing")
-    assert ch.diffusers_timesteps() == diffusers_timesteps(T, S, "trailing")
+    assert torch.equal(NoiseSchedule.linear(T).respace(S, "trailing").original_steps,
+                       NoiseSchedule.linear(T).respace_diffusers(S, "trailing").original_steps)
+
+
 
 
 # ------------------------------------------------------------------------ diffusers adapter
@@ -159,7 +181,7 @@ def test_diffusers_steps_agree_with_diffusers_formulas(prediction, variance):
     sched = NoiseSchedule.from_diffusers(ac)
     k = diffusers_kernel(model, sched, 1, prediction,
                          variance={"fixed_small": "beta_tilde", "fixed_large": "beta"}[variance])
-    chain = sched.respace(10, "leading")
+    chain = sched.respace_diffusers(10)
     x = torch.linspace(-2.5, 2.5, 41, dtype=torch.float64)[:, None]
     steps = chain.original_steps.tolist()
     ts = diffusers_timesteps(T, 10, "leading")
@@ -210,7 +232,7 @@ def test_diffusers_module_on_images_runs_through_the_sampler():
     net = TinyUNet()
     k = diffusers_kernel(net, NoiseSchedule.linear(100), (1, 4, 4))
     x_T = torch.randn(3, 1, 4, 4, generator=torch.Generator().manual_seed(0))
-    x0 = ancestral_sample(k, x_T, k.schedule.respace(5, "leading"),
+    x0 = ancestral_sample(k, x_T, k.schedule.respace_diffusers(5),
                           generator=torch.Generator().manual_seed(1))
     assert x0.shape == x_T.shape and x0.dtype == x_T.dtype and torch.isfinite(x0).all()
     dtype, timestep = net.seen
