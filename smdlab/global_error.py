@@ -39,7 +39,7 @@ import warnings
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
+from tqdm import tqdm  # the plain bar: tqdm.auto warns in kernels without ipywidgets
 
 from .distributions import Gaussian, LatentMixture, as_gaussian
 from .exact import MixturePosterior, marginal

@@ -56,7 +56,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
+from tqdm import tqdm  # the plain bar: tqdm.auto warns in kernels without ipywidgets
 
 from .distributions import Gaussian, LatentMixture, as_gaussian, step_mean
 from .exact import (
