@@ -138,3 +138,40 @@ def test_as_gaussian_keeps_the_density(n, d, seed, iso):
     a = sample_step(big, torch.Generator().manual_seed(seed))
     assert torch.equal(a, sample_step(big, torch.Generator().manual_seed(seed)))
     assert abs(a.std().item() - 2.0) < 0.1
+
+
+class DuckNormal:
+    """Not a torch Distribution, but with its signatures: sample(sample_shape), log_prob, mean."""
+
+    def __init__(self, loc, sd):
+        self.loc, self.sd = loc, sd
+
+    @property
+    def mean(self):
+        return self.loc
+
+    def sample(self, sample_shape=()):
+        shape = torch.Size(sample_shape) + self.loc.shape
+        return self.loc + self.sd * torch.randn(shape, dtype=self.loc.dtype)
+
+    def log_prob(self, x):
+        return Independent(Normal(self.loc, self.sd), 1).log_prob(x)
+
+
+class DuckKernel(TorchKernel):
+    def distribution(self, x_t, t, s, generator=None, n_latent=None):
+        mean = posterior(self.mixture, self.schedule, x_t, t, s).mean()
+        return DuckNormal(mean, math.sqrt(self.schedule.kernel_variance(t, s)))
+
+
+def test_torch_style_object_samples_from_the_generator_and_is_scored():
+    k = DuckKernel(MIX, ROOT)
+    x_T = torch.randn(200, 1, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    a = ancestral_sample(k, x_T, CHAIN, generator=torch.Generator().manual_seed(3))
+    assert torch.equal(a, ancestral_sample(k, x_T, CHAIN, generator=torch.Generator().manual_seed(3)))
+    r = local_error(MIX, k, 1000, 875, n_points=256, generator=torch.Generator().manual_seed(2))
+    ref = local_error(MIX, BestGaussianKernel(MIX, ROOT, "beta_tilde"), 1000, 875, n_points=256,
+                      generator=torch.Generator().manual_seed(2))
+    assert r.method == "mc" and abs(r.mean - ref.mean) < 4 * math.hypot(r.se, ref.se) + 1e-9
+    with pytest.raises(ValueError, match="cannot push a DuckNormal"):
+        grid_global_error(MIX, k, CHAIN, n_grid=128)
