@@ -203,6 +203,8 @@ class NoiseSchedule:
         ``betas`` are used, they are exact in float32 where the ratio of two float32 cumulative
         products would lose digits at small beta), or an ``alphas_cumprod`` array / tensor / list of
         T values, strictly decreasing in (0, 1).  ``alphas_cumprod[k]`` becomes ``alpha_bars[k+1]``.
+        A zero-terminal-SNR scheduler (``rescale_betas_zero_snr``) has a last beta of exactly 1,
+        which no density chain has: pass its ``alphas_cumprod`` (last value 2^-24) instead.
         """
         betas = getattr(source, "betas", None)
         if betas is not None and not isinstance(source, (torch.Tensor, list, tuple)):
