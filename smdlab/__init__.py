@@ -3,6 +3,8 @@ mixture denoising (SMD).  See README.md for the public API."""
 
 __version__ = "0.1.0"
 
+from .adapters import diffusers_kernel, k_diffusion_kernel  # noqa: E402
+from .denoisers import GaussianDenoiser, SMDDenoiser  # noqa: E402
 from .distributions import Gaussian, LatentMixture  # noqa: E402
 from .exact import (  # noqa: E402
     BEST_GAUSSIAN_KINDS,
@@ -28,9 +30,12 @@ from .sampling import (  # noqa: E402
 )
 from .schedules import NoiseSchedule  # noqa: E402
 
+# The fitting call (``smdlab.fit``) is exported here by the training side of the package.
+
 __all__ = [
-    "BEST_GAUSSIAN_KINDS", "BestGaussianKernel", "ExactKernel", "Gaussian", "GaussianMixture",
-    "MixtureConstructionKernel",
+    "BEST_GAUSSIAN_KINDS", "BestGaussianKernel", "ExactKernel", "Gaussian", "GaussianDenoiser",
+    "GaussianMixture", "MixtureConstructionKernel", "SMDDenoiser", "diffusers_kernel",
+    "k_diffusion_kernel",
     "LatentMixture", "MixturePosterior", "NoiseSchedule", "PointMass", "ReverseKernel", "StepInfo",
     "ancestral_sample", "best_gaussian", "chain_steps", "ddim_sample", "expected_eps",
     "expected_x0", "marginal", "mixture_score", "posterior", "posterior_coefficients",

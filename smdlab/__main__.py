@@ -115,7 +115,7 @@ def _main(argv: list[str] | None) -> int:
     import torch
 
     torch.set_num_threads(threads)
-    from tqdm.auto import tqdm
+    from tqdm import tqdm
 
     command = "python -m smdlab " + " ".join(shlex.quote(a) for a in (argv if argv is not None
                                                                        else sys.argv[1:]))

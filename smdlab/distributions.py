@@ -5,13 +5,30 @@ latent draws (what an SMD kernel is, estimated with L latent samples).
 Every step distribution in smdlab offers ``log_prob(x) -> (N,)``, ``sample(generator) -> (N, D)``
 and ``mean() -> (N, D)``;
 the exact posterior (:class:`smdlab.exact.MixturePosterior`) follows the same contract.
+
+A kernel may also return a ``torch.distributions`` object (or anything with its signatures:
+``sample(sample_shape=torch.Size())``, ``rsample``, ``log_prob``, a ``mean`` property) whose batch
+shape is (N,) and event shape (D,), e.g. ``Independent(Normal(loc, scale), 1)`` with loc (N, D) or
+``MultivariateNormal(loc, covariance)``.  Three helpers make both kinds interchangeable:
+
+  * :func:`sample_step` draws x_s from either kind.  torch.distributions take no generator: when
+    one is given, a seed is drawn from it and the sample is taken inside
+    ``torch.random.fork_rng`` seeded with it, so a run is reproducible from the generator alone
+    and the global RNG is left untouched; with ``generator=None`` they draw from the global RNG
+    (make such runs reproducible with ``torch.manual_seed``).
+  * :func:`step_mean` gives the (N, D) mean of either kind (a method here, a property there).
+  * :func:`as_gaussian` turns torch's Gaussians (``Independent(Normal, 1)``,
+    ``MultivariateNormal``) into a :class:`Gaussian` (float64), which the closed-form local error
+    and the grid push of the global error need; other objects come back unchanged.
 """
 
 from __future__ import annotations
 
+import inspect
 import math
 
 import torch
+from torch import distributions as td
 
 LOG_2PI = math.log(2 * math.pi)
 
@@ -174,3 +191,71 @@ def _check_variance(variance, like: torch.Tensor, N: int) -> torch.Tensor:
     if not torch.isfinite(var).all() or (var <= 0).any():
         raise ValueError("variance must be finite and positive")
     return var.expand(N) if var.ndim == 0 else var.reshape(N)
+
+
+# ---------------------------------------------------------------------- torch.distributions
+def is_torch_style(dist) -> bool:
+    """True for a torch.distributions object, or one whose ``sample`` takes ``sample_shape``."""
+    if isinstance(dist, td.Distribution):
+        return True
+    try:
+        params = list(inspect.signature(dist.sample).parameters)
+    except (AttributeError, TypeError, ValueError):
+        return False
+    return bool(params) and params[0] == "sample_shape"
+
+
+def sample_step(dist, generator: torch.Generator | None = None) -> torch.Tensor:
+    """One draw x_s (N, D) of a step distribution: smdlab's (``sample(generator)``) or torch's.
+
+    A torch-style distribution takes no generator: with one, a 62-bit seed is drawn from it and
+    ``dist.sample()`` runs inside ``torch.random.fork_rng`` seeded with it (reproducible from the
+    generator; the global RNG state is restored afterwards); without one it uses the global RNG.
+    """
+    if not is_torch_style(dist):
+        return dist.sample(generator)
+    if generator is None:
+        return dist.sample()
+    seed = int(torch.randint(0, 2 ** 62, (1,), generator=generator, device=generator.device))
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        return dist.sample()
+
+
+def step_mean(dist) -> torch.Tensor:
+    """The (N, D) mean of a step distribution (``mean()`` method or ``mean`` property)."""
+    m = dist.mean
+    return m() if callable(m) else m
+
+
+def as_gaussian(dist):
+    """A torch Gaussian step distribution as a float64 :class:`Gaussian`; anything else unchanged.
+
+    Accepted: ``Independent(Normal(loc, scale), 1)`` (loc (N, D): a diagonal Gaussian, isotropic
+    when every point's scales are equal) and ``MultivariateNormal`` with batch shape (N,).  A bare
+    ``Normal`` with loc (N, D) has per-coordinate log-densities (N, D), not the (N,) of a step
+    distribution: it raises a ValueError asking for ``Independent(Normal(...), 1)``.
+    """
+    if isinstance(dist, td.Independent) and isinstance(dist.base_dist, td.Normal) \
+            and dist.reinterpreted_batch_ndims == 1:
+        loc = dist.base_dist.loc.to(torch.float64)
+        scale = dist.base_dist.scale.to(torch.float64).expand_as(loc)
+        if loc.ndim != 2:
+            raise ValueError(f"Independent(Normal) step distribution must have batch shape (N,) and "
+                             f"event shape (D,); got loc of shape {tuple(loc.shape)}")
+        var = scale * scale
+        if bool((var == var[:, :1]).all()):
+            return Gaussian(loc, variance=var[:, 0])
+        return Gaussian(loc, covariance=torch.diag_embed(var))
+    if isinstance(dist, td.MultivariateNormal):
+        loc = dist.loc.to(torch.float64)
+        if loc.ndim != 2:
+            raise ValueError(f"MultivariateNormal step distribution must have batch shape (N,); "
+                             f"got loc of shape {tuple(loc.shape)}")
+        return Gaussian(loc, covariance=dist.covariance_matrix.to(torch.float64).expand(
+            loc.shape[0], -1, -1))
+    if isinstance(dist, td.Normal):
+        raise ValueError(f"a bare Normal with loc of shape {tuple(dist.loc.shape)} is D independent "
+                         "coordinates, not one step distribution over (N, D): wrap it as "
+                         "torch.distributions.Independent(Normal(loc, scale), 1)")
+    return dist

@@ -39,9 +39,9 @@ import warnings
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
+from tqdm import tqdm  # the plain bar: tqdm.auto warns in kernels without ipywidgets
 
-from .distributions import Gaussian, LatentMixture
+from .distributions import Gaussian, LatentMixture, as_gaussian
 from .exact import MixturePosterior
 from .kernels import ReverseKernel
 from .local_error import mixture_log_prob
@@ -161,6 +161,21 @@ def push_density(dist, mass: torch.Tensor, axes: list[torch.Tensor],
         return out
     raise ValueError(f"cannot push a {type(dist).__name__}: need a Gaussian, MixturePosterior or "
                      "LatentMixture step distribution")
+
+
+def _pushable(dist, kernel):
+    """A step distribution the push can use: torch Gaussians become a :class:`Gaussian`; any
+    other type is refused, naming what to return instead (the push needs means and covariances)."""
+    dist = as_gaussian(dist)
+    if not isinstance(dist, (Gaussian, LatentMixture, MixturePosterior)):
+        raise ValueError(
+            f"grid push of kernel {getattr(kernel, 'name', type(kernel).__name__)}: cannot push a "
+            f"{type(dist).__name__} step distribution: the push needs a Gaussian's mean and "
+            "covariance or a mixture's parts. Return torch.distributions.Independent(Normal(loc, "
+            "scale), 1) or MultivariateNormal(loc, covariance) (batch shape (N,)), or "
+            "smdlab.distributions.Gaussian, LatentMixture (equal-weight latent draws) or an exact "
+            "MixturePosterior")
+    return dist
 
 
 def _kernel_box(dist, width: float) -> tuple[np.ndarray, np.ndarray]:
@@ -345,7 +360,8 @@ def _grid_push(mixture, kernel, pairs, n, n_latent, generator, width, prune, pro
         keep = mass > prune * mass.max()
         pruned += mass[~keep].sum().item()
         source_mass = mass.sum().item()
-        dist = kernel.distribution(x[keep], t, s, generator=generator, n_latent=n_latent)
+        dist = _pushable(kernel.distribution(x[keep], t, s, generator=generator, n_latent=n_latent),
+                         kernel)
         h = np.array([(a[1] - a[0]).item() for a in axes])
         total_work += float(keep.sum()) * n ** D
         e, r = _step_aliasing(dist, keep, mass, n, D, h)

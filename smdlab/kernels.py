@@ -18,6 +18,9 @@ Contract (what every kernel, oracle or learned, provides; tests/test_kernel_cont
     :class:`~smdlab.distributions.Gaussian` for Gaussian kernels, a
     :class:`~smdlab.exact.MixturePosterior` for the exact kernel, a
     :class:`~smdlab.distributions.LatentMixture` (over ``n_latent`` latent draws) for latent kernels;
+    or a ``torch.distributions`` object with batch shape (N,) and event shape (D,), e.g.
+    ``Independent(Normal(loc, scale), 1)`` (see :mod:`smdlab.distributions` for what each
+    operation needs of it);
   * ``step(x_t, t, s, generator=None, x0_hook=None) -> (distribution, x0_hat)``: what a sampler
     takes, the step distribution for one latent draw and the clean-point prediction it went through
     (None for kernels that do not step through one; ``x0_hook`` is then refused);
@@ -36,7 +39,7 @@ from abc import ABC, abstractmethod
 
 import torch
 
-from .distributions import LatentMixture
+from .distributions import LatentMixture, sample_step
 from .exact import BEST_GAUSSIAN_KINDS, MixturePosterior, best_gaussian_of, posterior_from_log_alpha_bars
 from .mixture import GaussianMixture
 from .parameterization import check_root_step, root_jump
@@ -68,7 +71,7 @@ class ReverseKernel(ABC):
                generator: torch.Generator | None = None) -> torch.Tensor:
         """One reverse step x_t -> x_s (x_t's shape and dtype)."""
         dist, _ = self.step(x_t, t, s, generator)
-        return dist.sample(generator).reshape(x_t.shape).to(x_t.dtype)
+        return sample_step(dist, generator).reshape(x_t.shape).to(x_t.dtype)
 
     def denoise(self, x_t: torch.Tensor, t: int, eta=None,
                 generator: torch.Generator | None = None) -> torch.Tensor:

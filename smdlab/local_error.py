@@ -56,9 +56,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
+from tqdm import tqdm  # the plain bar: tqdm.auto warns in kernels without ipywidgets
 
-from .distributions import Gaussian, LatentMixture
+from .distributions import Gaussian, LatentMixture, as_gaussian, step_mean
 from .exact import (
     MixturePosterior,
     best_gaussian_of,
@@ -237,7 +237,8 @@ def _kernel_distribution(kernel, post: MixturePosterior, x_t, t, s, generator, n
     if isinstance(kernel, ExactKernel) and kernel.mixture is mixture and \
             kernel.schedule.root is root:
         return post
-    return kernel.distribution(x_t, t, s, generator=generator, n_latent=n_latent)
+    # A torch Gaussian (Independent(Normal), MultivariateNormal) is scored as a Gaussian: closed form.
+    return as_gaussian(kernel.distribution(x_t, t, s, generator=generator, n_latent=n_latent))
 
 
 #: A single point carrying more than this share of the estimate makes its standard error unreliable.
@@ -374,11 +375,11 @@ class StepScorer:
         q_t = marginal(self.mixture, root, info.t)
         x_t = info.x_t.reshape(info.x_t.shape[0], -1).to(self.mixture.dtype)
         post = posterior_from_log_alpha_bars(self.mixture, x_t, lt, ls)
-        dist = info.distribution
+        dist = as_gaussian(info.distribution)
         row = {"index": info.index, "t": info.t, "s": info.s,
                "nll_t": -q_t.log_prob(x_t).mean().item()}
         if hasattr(dist, "mean"):
-            row["mean_gap"] = (dist.mean().to(post.x_t) - post.mean()).norm(dim=-1).mean().item()
+            row["mean_gap"] = (step_mean(dist).to(post.x_t) - post.mean()).norm(dim=-1).mean().item()
         if isinstance(dist, Gaussian):
             row["kl_t"], row["kl_t_se"] = kl_at_points(post, dist, self.n_mc, self.generator)
         self.rows.append(row)

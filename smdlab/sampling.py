@@ -20,6 +20,15 @@ sampler returns "the mean" of the last step: a kernel whose last step should be 
 deterministic says so with a tiny final variance, and then its density and its samples agree.
 DDIM takes eta^2 times the kernel's final-jump variance there (0 for eta = 0: x_0 = x0_hat).
 
+Step distributions.  A kernel's step distribution may be smdlab's own (``sample(generator)``) or a
+``torch.distributions`` object (``Independent(Normal(loc, scale), 1)``, ``MultivariateNormal``, a
+mixture: anything with torch's ``sample(sample_shape)`` and ``log_prob``; batch shape (N,), event
+shape (D,)).  torch.distributions take no generator; the samplers then draw a seed from
+``generator`` and sample inside ``torch.random.fork_rng`` seeded with it
+(:func:`smdlab.distributions.sample_step`), so the same generator seed gives the same chain and the
+global RNG is untouched.  With ``generator=None`` they use the global RNG: seed it with
+``torch.manual_seed`` for a reproducible run.
+
 ``x0_hook`` maps x0_hat before the step (clipping images to [-1, 1]); it needs a kernel that steps
 through x0_hat (the learned denoisers; every kernel that can denoise under DDIM).
 """
@@ -31,9 +40,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from tqdm.auto import tqdm
+from tqdm import tqdm  # the plain bar: tqdm.auto warns in kernels without ipywidgets
 
-from .distributions import Gaussian
+from .distributions import Gaussian, sample_step
 from .kernels import ReverseKernel
 from .parameterization import ddim_mean, posterior_coefficients
 from .schedules import NoiseSchedule
@@ -46,7 +55,8 @@ class StepInfo:
     index: the step i of the sampling chain (S down to 1); t, s: the root steps of the jump;
     x_t: the state before the step; x_s: the state after it (both the data's shape);
     distribution: the step distribution x_s was drawn from (over flattened data (N, D), with
-    ``log_prob``, ``sample`` and ``mean()``); x0_hat: the clean-point prediction the step went
+    ``log_prob`` and ``sample``; its mean: :func:`smdlab.distributions.step_mean`, a method on
+    smdlab's distributions, a property on torch's); x0_hat: the clean-point prediction the step went
     through (x_t's shape; None for kernels that sample their step directly, e.g. the exact one);
     kernel, schedule: as passed (schedule: the sampling chain).
     """
@@ -112,7 +122,7 @@ def _run(kernel, x_T, schedule, step, generator, callback, progress, desc) -> to
     for i, (t, s) in enumerate(tqdm(pairs, disable=not progress, leave=False,
                                     desc=f"{desc} {kernel.name}")):
         dist, x0 = step(x, t, s)
-        x_s = dist.sample(generator).reshape(x.shape).to(x.dtype)
+        x_s = sample_step(dist, generator).reshape(x.shape).to(x.dtype)
         if callback is not None:
             callback(StepInfo(len(pairs) - i, t, s, x, x_s, kernel, sched, dist, x0))
         x = x_s

@@ -9,6 +9,12 @@ A respaced schedule is the exact DDPM on a sub-chain 0 = t_0 < t_1 < ... < t_S =
 schedule: its betas are 1 - abar_{t_i} / abar_{t_{i-1}} and its abar are the root's abar on the
 kept steps.  It remembers, in ``original_steps``, which root step each of its steps is, so a
 network trained on root indices is always evaluated at the right index.
+
+diffusers (Hugging Face) indexes the same process from 0: its ``alphas_cumprod[k]`` is smdlab's
+``alpha_bars[k + 1]`` and its timestep k is smdlab's root step k + 1 (its "previous timestep" -1
+is root step 0, abar = 1).  :meth:`NoiseSchedule.from_diffusers`, :meth:`NoiseSchedule.to_diffusers`
+and :meth:`NoiseSchedule.diffusers_timesteps` translate; :meth:`NoiseSchedule.respace_diffusers`
+gives the chain diffusers samples for each ``timestep_spacing`` (its default "leading" included).
 """
 
 from __future__ import annotations
@@ -19,6 +25,8 @@ import numbers
 import torch
 
 SPACINGS = ("linspace", "trailing", "quadratic")
+#: diffusers' ``timestep_spacing`` values (:meth:`NoiseSchedule.respace_diffusers`).
+DIFFUSERS_SPACINGS = ("leading", "trailing", "linspace")
 
 
 class IntegerTypeError(TypeError, ValueError):
@@ -187,6 +195,50 @@ class NoiseSchedule:
             raise ValueError(f"unknown schedule {name!r}; choose one of {sorted(makers)}")
         return makers[name](T)
 
+    @classmethod
+    def from_diffusers(cls, source, name: str = "diffusers") -> NoiseSchedule:
+        """The schedule of a diffusers scheduler, or of its ``alphas_cumprod`` (T,).
+
+        ``source``: a diffusers scheduler (anything with ``betas`` or ``alphas_cumprod``; its
+        ``betas`` are used, they are exact in float32 where the ratio of two float32 cumulative
+        products would lose digits at small beta), or an ``alphas_cumprod`` array / tensor / list of
+        T values, strictly decreasing in (0, 1).  ``alphas_cumprod[k]`` becomes ``alpha_bars[k+1]``.
+        A zero-terminal-SNR scheduler (``rescale_betas_zero_snr``) has a last beta of exactly 1,
+        which no density chain has: pass its ``alphas_cumprod`` (last value 2^-24) instead.
+        """
+        betas = getattr(source, "betas", None)
+        if betas is not None and not isinstance(source, (torch.Tensor, list, tuple)):
+            return cls(torch.as_tensor(betas, dtype=torch.float64), name=name)
+        ac = getattr(source, "alphas_cumprod", source)
+        try:
+            ac = torch.as_tensor(ac, dtype=torch.float64).flatten()
+        except (TypeError, ValueError, RuntimeError) as e:
+            raise TypeError(f"alphas_cumprod must be a scheduler or a (T,) array of numbers; got "
+                            f"{type(source).__name__}") from e
+        if ac.numel() < 1 or not torch.isfinite(ac).all() or (ac <= 0).any() or (ac >= 1).any():
+            raise ValueError("alphas_cumprod must hold T >= 1 finite values in (0, 1)")
+        log_ab = torch.cat([torch.zeros(1, dtype=torch.float64), ac.log()])
+        if not (log_ab.diff() < 0).all():
+            raise ValueError("alphas_cumprod must be strictly decreasing (every beta in (0, 1))")
+        return cls(-torch.expm1(log_ab.diff()), name=name)
+
+    def to_diffusers(self) -> dict:
+        """Keyword arguments of a diffusers scheduler with this (root) schedule:
+        ``DDPMScheduler(**schedule.to_diffusers())`` gives ``alphas_cumprod == alpha_bars[1:]``.
+
+        diffusers respaces at sampling time (``set_timesteps``), so a respaced schedule is refused:
+        convert its ``root`` and pass :meth:`diffusers_timesteps` to ``set_timesteps(timesteps=...)``.
+        """
+        if self.root is not self:
+            raise ValueError(f"{self.name} is a respaced schedule: use .root.to_diffusers() and "
+                             "set_timesteps(timesteps=schedule.diffusers_timesteps())")
+        return {"num_train_timesteps": self.T, "trained_betas": self.betas.tolist()}
+
+    def diffusers_timesteps(self) -> list[int]:
+        """diffusers' timesteps of this chain, noisiest first: root steps t_S ... t_1, minus one
+        (root step 0 is diffusers' "previous timestep" -1 of the last step)."""
+        return [int(t) - 1 for t in self.original_steps[1:].flip(0).tolist()]
+
     # ------------------------------------------------------------------ respacing
     def respace(self, S: int, spacing: str = "linspace") -> NoiseSchedule:
         """The exact S-step sub-chain of this schedule.
@@ -196,15 +248,55 @@ class NoiseSchedule:
           * ``"trailing"``: T, T - c, ..., T - (S - 1) c with integer stride c = T // S, the
             remainder absorbed by the final jump to 0;
           * ``"quadratic"``: i + round((i / S)^2 (T - S)), dense near 0 (as in DDIM's "quad").
+        When S divides T, "trailing" is diffusers' "trailing" too.  diffusers' default "leading"
+        does not start at T: it is :meth:`respace_diffusers`.
         ``S == T`` gives back this schedule's steps.  Respacing a respaced schedule keeps
         ``original_steps`` pointing at the root schedule.
         """
-        kept = respaced_steps(self.T, S, spacing)
+        return self._sub_chain(respaced_steps(self.T, S, spacing), f"{self.name}->{S}({spacing})")
+
+    def respace_diffusers(self, S: int, spacing: str = "leading", steps_offset: int = 0) -> NoiseSchedule:
+        """The S-step chain a diffusers scheduler samples after ``set_timesteps(S)``.
+
+        diffusers' timesteps k (0-based) are root steps k + 1, and the step after the last one
+        (its "previous timestep" -1, alpha_prod = 1) is root step 0.  Its ``timestep_spacing``:
+          * ``"leading"`` (its default): k = i (T // S) + steps_offset, i = 0 .. S - 1, so the
+            noisiest root step is 1 + (S - 1) (T // S) + steps_offset, not T (901 for 10 of 1000
+            steps): the chain starts from N(0, I) at a step where abar_t is not yet ~0;
+          * ``"trailing"``: k = round(T, T - T/S, ..., > 0) - 1 (the noisiest is T);
+          * ``"linspace"``: k = round(linspace(0, T - 1, S)).
+        Needs a root schedule (diffusers' timesteps index the training chain).
+        """
+        if self.root is not self:
+            raise ValueError(f"respace_diffusers needs a root schedule; {self.name} is respaced "
+                             "(call it on .root)")
+        S = as_integer(S, "S (the number of steps)")
+        offset = as_integer(steps_offset, "steps_offset")
+        if not 1 <= S <= self.T:
+            raise ValueError(f"cannot respace a {self.T}-step schedule to S={S} steps (need 1..T)")
+        if spacing == "leading":
+            k = [i * (self.T // S) + offset for i in range(S)]
+        elif spacing == "trailing":
+            k = [int(torch.round(torch.tensor(self.T - i * self.T / S, dtype=torch.float64))) - 1
+                 for i in range(S)]
+        elif spacing == "linspace":
+            k = torch.linspace(0, self.T - 1, S, dtype=torch.float64).round().long().tolist()
+        else:
+            raise ValueError(f"unknown diffusers timestep_spacing {spacing!r}; choose one of "
+                             f"{DIFFUSERS_SPACINGS}")
+        kept = sorted({0, *(int(v) + 1 for v in k)})
+        if len(kept) != S + 1 or min(k) < 0 or kept[-1] > self.T:
+            raise ValueError(f"diffusers {spacing!r} spacing with S={S}, steps_offset={offset} "
+                             f"gives timesteps outside 0..T-1={self.T - 1} or repeated ones")
+        return self._sub_chain(torch.tensor(kept, dtype=torch.int64),
+                               f"{self.name}->{S}(diffusers-{spacing})")
+
+    def _sub_chain(self, kept: torch.Tensor, name: str) -> NoiseSchedule:
+        """The exact chain on this schedule's steps ``kept`` (0 = kept[0] < ... , int64)."""
         log_ab = self.log_alpha_bars[kept]
         betas = -torch.expm1(log_ab[1:] - log_ab[:-1])
         out = NoiseSchedule.__new__(NoiseSchedule)
-        out._init(log_ab, betas, self.original_steps[kept], self.root,
-                  f"{self.name}->{S}({spacing})")
+        out._init(log_ab, betas, self.original_steps[kept], self.root, name)
         return out
 
     # ------------------------------------------------------------------ helpers
@@ -291,7 +383,9 @@ def respaced_steps(T: int, S: int, spacing: str = "linspace") -> torch.Tensor:
     elif spacing == "quadratic":
         kept = i + torch.floor((i / S) ** 2 * (T - S) + 0.5)
     else:
-        raise ValueError(f"unknown spacing {spacing!r}; choose one of {SPACINGS}")
+        hint = " (diffusers' 'leading' spacing: NoiseSchedule.respace_diffusers)" \
+            if spacing == "leading" else ""
+        raise ValueError(f"unknown spacing {spacing!r}; choose one of {SPACINGS}{hint}")
     kept = kept.to(torch.int64)
     assert kept[0] == 0 and kept[-1] == T and (kept.diff() > 0).all(), kept
     return kept

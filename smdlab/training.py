@@ -59,7 +59,7 @@ from pathlib import Path
 import torch
 from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
-from tqdm.auto import tqdm
+from tqdm import tqdm  # the plain bar: tqdm.auto warns in kernels without ipywidgets
 
 from .provenance import atomic_write_bytes, write_json
 

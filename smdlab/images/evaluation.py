@@ -109,7 +109,7 @@ def train_classifier(train: ImageData, test: ImageData, name: str, steps: int = 
     """Train :class:`SmallClassifier` on ``train`` (random shifts by one pixel as augmentation),
     measure its accuracy on ``test``; with ``cache_dir``, reuse a stored network trained with the
     same settings on the same data (the file records its accuracy and weights hash)."""
-    from tqdm.auto import tqdm
+    from tqdm import tqdm
 
     from ..provenance import atomic_write_bytes
 

@@ -12,7 +12,7 @@ the default, beta_1, is a standard deviation of 0.01 on [-1, 1] images).
 from __future__ import annotations
 
 import torch
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from ..sampling import ancestral_sample, ddim_sample
 from ..schedules import NoiseSchedule
