@@ -1,4 +1,4 @@
-"""Global denoising error KL(q(x_0) || p(x_0)) of a whole sampling chain, and the chain-rule bound.
+"""Global denoising error KL(q(x_0) || p(x_0)) of a whole sampling chain, on a grid (1-D and 2-D).
 
 Grid route (D = 1 or 2).  The model's marginal p(x_t) is carried as masses on a grid (one box per
 step, fitted to the true marginal q(x_t) with ``width`` standard deviations of margin) and pushed
@@ -27,9 +27,9 @@ sum_j Q_j log(Q_j / P_j) >= -log(sum_j P_j), so it is >= 0 unless the node rule 
 which the same check catches.  :func:`grid_convergence` shows the estimate settling on fixed
 grids.
 
-Bound.  By the chain rule and data processing,
-    KL(q(x_0) || p(x_0)) <= KL(q(x_T) || N(0, I)) + sum over jumps of M_{t->s},
-with M the local errors of :mod:`smdlab.local_error`; :func:`kl_bound` computes the right side.
+The grids and the push itself are in :mod:`smdlab.grid_push`.  The chain-rule bound
+KL(q(x_0) || p(x_0)) <= KL(q(x_T) || N(0, I)) + sum over jumps of M_{t->s} is
+:func:`smdlab.bounds.kl_bound`; in any dimension, :mod:`smdlab.path_kl` bounds the KL itself.
 """
 
 from __future__ import annotations
@@ -41,160 +41,14 @@ import numpy as np
 import torch
 from tqdm import tqdm  # the plain bar: tqdm.auto warns in kernels without ipywidgets
 
-from .distributions import Gaussian, LatentMixture, as_gaussian
+from .distributions import LOG_2PI, Gaussian, LatentMixture
 from .exact import MixturePosterior
+from .grid_push import cell_volume, grid_points, kernel_box, make_grid, push_density, pushable, step_box
 from .kernels import ReverseKernel
 from .local_error import mixture_log_prob
 from .mixture import GaussianMixture
 from .sampling import chain_steps
 from .schedules import NoiseSchedule
-
-LOG_2PI = math.log(2 * math.pi)
-
-
-# ---------------------------------------------------------------------- grids
-def step_box(mixture: GaussianMixture, ab: float, width: float = 7.0) -> tuple[np.ndarray, np.ndarray]:
-    """Per-axis (lo, hi) covering q(x_t) with ``width`` standard deviations of margin (and N(0, I))."""
-    om = 1.0 - ab
-    sd = (ab * mixture.eigvals.amax(-1) + om).sqrt()                       # (K,)
-    m = math.sqrt(ab) * mixture.means
-    lo = (m - width * sd[:, None]).amin(0).numpy()
-    hi = (m + width * sd[:, None]).amax(0).numpy()
-    return lo, hi
-
-
-def make_grid(lo, hi, n: int) -> list[torch.Tensor]:
-    """Per-axis node coordinates (n,) for the box [lo, hi] (node-centred cells)."""
-    axes = []
-    for a, b in zip(np.atleast_1d(lo), np.atleast_1d(hi)):
-        h = (b - a) / n
-        axes.append(torch.linspace(a + h / 2, b - h / 2, n, dtype=torch.float64))
-    return axes
-
-
-def grid_points(axes: list[torch.Tensor]) -> torch.Tensor:
-    """All nodes as (n^D, D), the last axis fastest."""
-    if len(axes) == 1:
-        return axes[0][:, None]
-    return torch.cartesian_prod(*axes)
-
-
-def cell_volume(axes: list[torch.Tensor]) -> float:
-    return float(np.prod([(a[1] - a[0]).item() for a in axes]))
-
-
-# ---------------------------------------------------------------------- pushing densities
-def _normal_matrix(y: torch.Tensor, mu: torch.Tensor, var: torch.Tensor) -> torch.Tensor:
-    """N(y_j; mu_i, var_i) as (N_src, n)."""
-    d = y[None, :] - mu[:, None]
-    return torch.exp(-0.5 * (d * d / var[:, None] + LOG_2PI + var.log()[:, None]))
-
-
-def _push_axis_aligned(axes, mass, mu, var, chunk: int = 8192) -> torch.Tensor:
-    """sum_i mass_i prod_d N(y_d; mu_id, var_id) on the target grid; mu, var: (N, D)."""
-    D = len(axes)
-    out = torch.zeros(*[a.numel() for a in axes], dtype=torch.float64)
-    for i in range(0, mass.numel(), chunk):
-        m, u, v = mass[i:i + chunk], mu[i:i + chunk], var[i:i + chunk]
-        A = _normal_matrix(axes[0], u[:, 0], v[:, 0])
-        if D == 1:
-            out += m @ A
-        else:
-            B = _normal_matrix(axes[1], u[:, 1], v[:, 1])
-            out += (A * m[:, None]).T @ B
-    return out
-
-
-def _push_full(axes, mass, mu, cov, chunk: int = 256) -> torch.Tensor:
-    """The same for full covariances (N, D, D) or (D, D): direct sum over sources (slow)."""
-    y = grid_points(axes)
-    out = torch.zeros(y.shape[0], dtype=torch.float64)
-    cov = cov.expand(mass.numel(), *cov.shape[-2:]) if cov.ndim == 2 else cov
-    for i in range(0, mass.numel(), chunk):
-        L = torch.linalg.cholesky(cov[i:i + chunk])                       # (c, D, D)
-        d = (y[None, :, :] - mu[i:i + chunk, None, :])                    # (c, n, D)
-        z = torch.linalg.solve_triangular(L[:, None], d[..., None], upper=False)[..., 0]
-        logdet = 2 * torch.diagonal(L, dim1=-2, dim2=-1).log().sum(-1)
-        logp = -0.5 * ((z * z).sum(-1) + logdet[:, None] + y.shape[1] * LOG_2PI)
-        out += mass[i:i + chunk] @ logp.exp()
-    return out.reshape(*[a.numel() for a in axes])
-
-
-def push_density(dist, mass: torch.Tensor, axes: list[torch.Tensor],
-                 prune: float = 1e-13) -> torch.Tensor:
-    """Density of the pushed mass on the target grid (shape (n,) or (n, n)).
-
-    dist: a kernel's step distribution at the source nodes (Gaussian, MixturePosterior or
-    LatentMixture); mass: (N,) source masses.
-    """
-    D = len(axes)
-    if isinstance(dist, Gaussian):
-        if dist.isotropic:
-            var = dist.variance[:, None].expand(-1, D)
-            return _push_axis_aligned(axes, mass, dist.mean(), var)
-        cov = dist.covariance
-        if D == 1:
-            return _push_axis_aligned(axes, mass, dist.mean(), cov[:, :, 0])
-        off = cov[:, 0, 1].abs().amax()
-        if off <= 1e-12 * torch.diagonal(cov, dim1=-2, dim2=-1).amax():
-            return _push_axis_aligned(axes, mass, dist.mean(), torch.diagonal(cov, dim1=-2, dim2=-1))
-        return _push_full(axes, mass, dist.mean(), cov)
-    if isinstance(dist, LatentMixture):
-        N, L, _ = dist.means.shape
-        m = (mass[:, None] / L).expand(N, L).reshape(-1)
-        var = dist.variance[:, None, None].expand(N, L, D).reshape(-1, D)
-        return _push_axis_aligned(axes, m, dist.means.reshape(-1, D), var)
-    if isinstance(dist, MixturePosterior):
-        out = 0
-        w = dist.weights
-        means = dist.means
-        for k in range(dist.K):
-            mk = mass * w[:, k]
-            keep = mk > prune * mass.max()
-            if not keep.any():
-                continue
-            if dist.axis_aligned:
-                var = dist.eigvals[k].expand(int(keep.sum()), D)
-                out = out + _push_axis_aligned(axes, mk[keep], means[keep, k], var)
-            else:
-                out = out + _push_full(axes, mk[keep], means[keep, k], dist.covariances[k])
-        return out
-    raise ValueError(f"cannot push a {type(dist).__name__}: need a Gaussian, MixturePosterior or "
-                     "LatentMixture step distribution")
-
-
-def _pushable(dist, kernel):
-    """A step distribution the push can use: torch Gaussians become a :class:`Gaussian`; any
-    other type is refused, naming what to return instead (the push needs means and covariances)."""
-    dist = as_gaussian(dist)
-    if not isinstance(dist, (Gaussian, LatentMixture, MixturePosterior)):
-        raise ValueError(
-            f"grid push of kernel {getattr(kernel, 'name', type(kernel).__name__)}: cannot push a "
-            f"{type(dist).__name__} step distribution: the push needs a Gaussian's mean and "
-            "covariance or a mixture's parts. Return torch.distributions.Independent(Normal(loc, "
-            "scale), 1) or MultivariateNormal(loc, covariance) (batch shape (N,)), or "
-            "smdlab.distributions.Gaussian, LatentMixture (equal-weight latent draws) or an exact "
-            "MixturePosterior")
-    return dist
-
-
-def _kernel_box(dist, width: float) -> tuple[np.ndarray, np.ndarray]:
-    """Per-axis (lo, hi) of the kernel means +- width kernel standard deviations (where the pushed
-    mass can land), so that a model wider than the target loses no mass to the box."""
-    if isinstance(dist, Gaussian):
-        mu = dist.mean()
-        var = dist.variance if dist.isotropic else torch.diagonal(dist.covariance, dim1=-2,
-                                                                   dim2=-1).amax(-1)
-    elif isinstance(dist, LatentMixture):
-        mu, var = dist.means.reshape(-1, dist.D), dist.variance.repeat_interleave(dist.L)
-    elif isinstance(dist, MixturePosterior):
-        mu = (dist.mean())
-        var = dist.covariance_trace()
-    else:
-        raise ValueError(f"cannot push a {type(dist).__name__}")
-    sd = var.sqrt()[:, None]
-    return (mu - width * sd).amin(0).numpy(), (mu + width * sd).amax(0).numpy()
-
 
 # ---------------------------------------------------------------------- global error on a grid
 #: Default bound on the estimated node-rule (aliasing) error of the whole push, in units of mass
@@ -360,7 +214,7 @@ def _grid_push(mixture, kernel, pairs, n, n_latent, generator, width, prune, pro
         keep = mass > prune * mass.max()
         pruned += mass[~keep].sum().item()
         source_mass = mass.sum().item()
-        dist = _pushable(kernel.distribution(x[keep], t, s, generator=generator, n_latent=n_latent),
+        dist = pushable(kernel.distribution(x[keep], t, s, generator=generator, n_latent=n_latent),
                          kernel)
         h = np.array([(a[1] - a[0]).item() for a in axes])
         total_work += float(keep.sum()) * n ** D
@@ -379,7 +233,7 @@ def _grid_push(mixture, kernel, pairs, n, n_latent, generator, width, prune, pro
         lo, hi = step_box(mixture, ab[s].item(), width)
         if s > 0:
             # Intermediate states are pushed on: the box must hold the model's mass too.
-            klo, khi = _kernel_box(dist, width)
+            klo, khi = kernel_box(dist, width)
             lo, hi = np.minimum(lo, klo), np.maximum(hi, khi)
         # The last state is only evaluated where q(x_0) lives: the push gives p's density
         # exactly at the nodes, so p's mass outside q's box does not bias KL(q || p).

@@ -1,0 +1,164 @@
+"""Grids and the density push of the grid route (:mod:`smdlab.global_error`).
+
+A density is carried as masses on a grid's nodes; :func:`push_density` moves each node's mass
+through a reverse kernel's step distribution and evaluates the result exactly at the target nodes
+(axis-aligned Gaussians factorise into a matrix product; full 2-D covariances fall back to a
+direct sum; exact and latent mixtures push each component or latent draw).  :func:`step_box`
+fits a step's box to the true marginal, :func:`kernel_box` widens it to where a kernel's mass can
+land.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from .distributions import LOG_2PI, Gaussian, LatentMixture, as_gaussian
+from .exact import MixturePosterior
+from .mixture import GaussianMixture
+
+
+# ---------------------------------------------------------------------- grids
+def step_box(mixture: GaussianMixture, ab: float, width: float = 7.0) -> tuple[np.ndarray, np.ndarray]:
+    """Per-axis (lo, hi) covering q(x_t) with ``width`` standard deviations of margin (and N(0, I))."""
+    om = 1.0 - ab
+    sd = (ab * mixture.eigvals.amax(-1) + om).sqrt()                       # (K,)
+    m = math.sqrt(ab) * mixture.means
+    lo = (m - width * sd[:, None]).amin(0).numpy()
+    hi = (m + width * sd[:, None]).amax(0).numpy()
+    return lo, hi
+
+
+def make_grid(lo, hi, n: int) -> list[torch.Tensor]:
+    """Per-axis node coordinates (n,) for the box [lo, hi] (node-centred cells)."""
+    axes = []
+    for a, b in zip(np.atleast_1d(lo), np.atleast_1d(hi)):
+        h = (b - a) / n
+        axes.append(torch.linspace(a + h / 2, b - h / 2, n, dtype=torch.float64))
+    return axes
+
+
+def grid_points(axes: list[torch.Tensor]) -> torch.Tensor:
+    """All nodes as (n^D, D), the last axis fastest."""
+    if len(axes) == 1:
+        return axes[0][:, None]
+    return torch.cartesian_prod(*axes)
+
+
+def cell_volume(axes: list[torch.Tensor]) -> float:
+    return float(np.prod([(a[1] - a[0]).item() for a in axes]))
+
+
+# ---------------------------------------------------------------------- pushing densities
+def _normal_matrix(y: torch.Tensor, mu: torch.Tensor, var: torch.Tensor) -> torch.Tensor:
+    """N(y_j; mu_i, var_i) as (N_src, n)."""
+    d = y[None, :] - mu[:, None]
+    return torch.exp(-0.5 * (d * d / var[:, None] + LOG_2PI + var.log()[:, None]))
+
+
+def _push_axis_aligned(axes, mass, mu, var, chunk: int = 8192) -> torch.Tensor:
+    """sum_i mass_i prod_d N(y_d; mu_id, var_id) on the target grid; mu, var: (N, D)."""
+    D = len(axes)
+    out = torch.zeros(*[a.numel() for a in axes], dtype=torch.float64)
+    for i in range(0, mass.numel(), chunk):
+        m, u, v = mass[i:i + chunk], mu[i:i + chunk], var[i:i + chunk]
+        A = _normal_matrix(axes[0], u[:, 0], v[:, 0])
+        if D == 1:
+            out += m @ A
+        else:
+            B = _normal_matrix(axes[1], u[:, 1], v[:, 1])
+            out += (A * m[:, None]).T @ B
+    return out
+
+
+def _push_full(axes, mass, mu, cov, chunk: int = 256) -> torch.Tensor:
+    """The same for full covariances (N, D, D) or (D, D): direct sum over sources (slow)."""
+    y = grid_points(axes)
+    out = torch.zeros(y.shape[0], dtype=torch.float64)
+    cov = cov.expand(mass.numel(), *cov.shape[-2:]) if cov.ndim == 2 else cov
+    for i in range(0, mass.numel(), chunk):
+        L = torch.linalg.cholesky(cov[i:i + chunk])                       # (c, D, D)
+        d = (y[None, :, :] - mu[i:i + chunk, None, :])                    # (c, n, D)
+        z = torch.linalg.solve_triangular(L[:, None], d[..., None], upper=False)[..., 0]
+        logdet = 2 * torch.diagonal(L, dim1=-2, dim2=-1).log().sum(-1)
+        logp = -0.5 * ((z * z).sum(-1) + logdet[:, None] + y.shape[1] * LOG_2PI)
+        out += mass[i:i + chunk] @ logp.exp()
+    return out.reshape(*[a.numel() for a in axes])
+
+
+def push_density(dist, mass: torch.Tensor, axes: list[torch.Tensor],
+                 prune: float = 1e-13) -> torch.Tensor:
+    """Density of the pushed mass on the target grid (shape (n,) or (n, n)).
+
+    dist: a kernel's step distribution at the source nodes (Gaussian, MixturePosterior or
+    LatentMixture); mass: (N,) source masses.
+    """
+    D = len(axes)
+    if isinstance(dist, Gaussian):
+        if dist.isotropic:
+            var = dist.variance[:, None].expand(-1, D)
+            return _push_axis_aligned(axes, mass, dist.mean(), var)
+        cov = dist.covariance
+        if D == 1:
+            return _push_axis_aligned(axes, mass, dist.mean(), cov[:, :, 0])
+        off = cov[:, 0, 1].abs().amax()
+        if off <= 1e-12 * torch.diagonal(cov, dim1=-2, dim2=-1).amax():
+            return _push_axis_aligned(axes, mass, dist.mean(), torch.diagonal(cov, dim1=-2, dim2=-1))
+        return _push_full(axes, mass, dist.mean(), cov)
+    if isinstance(dist, LatentMixture):
+        N, L, _ = dist.means.shape
+        m = (mass[:, None] / L).expand(N, L).reshape(-1)
+        var = dist.variance[:, None, None].expand(N, L, D).reshape(-1, D)
+        return _push_axis_aligned(axes, m, dist.means.reshape(-1, D), var)
+    if isinstance(dist, MixturePosterior):
+        out = 0
+        w = dist.weights
+        means = dist.means
+        for k in range(dist.K):
+            mk = mass * w[:, k]
+            keep = mk > prune * mass.max()
+            if not keep.any():
+                continue
+            if dist.axis_aligned:
+                var = dist.eigvals[k].expand(int(keep.sum()), D)
+                out = out + _push_axis_aligned(axes, mk[keep], means[keep, k], var)
+            else:
+                out = out + _push_full(axes, mk[keep], means[keep, k], dist.covariances[k])
+        return out
+    raise ValueError(f"cannot push a {type(dist).__name__}: need a Gaussian, MixturePosterior or "
+                     "LatentMixture step distribution")
+
+
+def pushable(dist, kernel):
+    """A step distribution the push can use: torch Gaussians become a :class:`Gaussian`; any
+    other type is refused, naming what to return instead (the push needs means and covariances)."""
+    dist = as_gaussian(dist)
+    if not isinstance(dist, (Gaussian, LatentMixture, MixturePosterior)):
+        raise ValueError(
+            f"grid push of kernel {getattr(kernel, 'name', type(kernel).__name__)}: cannot push a "
+            f"{type(dist).__name__} step distribution: the push needs a Gaussian's mean and "
+            "covariance or a mixture's parts. Return torch.distributions.Independent(Normal(loc, "
+            "scale), 1) or MultivariateNormal(loc, covariance) (batch shape (N,)), or "
+            "smdlab.distributions.Gaussian, LatentMixture (equal-weight latent draws) or an exact "
+            "MixturePosterior")
+    return dist
+
+
+def kernel_box(dist, width: float) -> tuple[np.ndarray, np.ndarray]:
+    """Per-axis (lo, hi) of the kernel means +- width kernel standard deviations (where the pushed
+    mass can land), so that a model wider than the target loses no mass to the box."""
+    if isinstance(dist, Gaussian):
+        mu = dist.mean()
+        var = dist.variance if dist.isotropic else torch.diagonal(dist.covariance, dim1=-2,
+                                                                   dim2=-1).amax(-1)
+    elif isinstance(dist, LatentMixture):
+        mu, var = dist.means.reshape(-1, dist.D), dist.variance.repeat_interleave(dist.L)
+    elif isinstance(dist, MixturePosterior):
+        mu = (dist.mean())
+        var = dist.covariance_trace()
+    else:
+        raise ValueError(f"cannot push a {type(dist).__name__}")
+    sd = var.sqrt()[:, None]
+    return (mu - width * sd).amin(0).numpy(), (mu + width * sd).amax(0).numpy()
