@@ -116,8 +116,7 @@ class AnalyticDPMKernel(_MixtureOracle):
         return self._cache[int(t), int(s)][1]
 
     def distribution(self, x_t, t, s, generator=None, n_latent=None):
-        t, s, lt, ls = self.jump(t, s)
-        post = posterior_from_log_alpha_bars(self.mixture, x_t, lt, ls)
+        t, s, post = self.exact_step(x_t, t, s)
         return Gaussian(post.mean(), variance=self.step_variance(t, s))
 
     def final_jump_variance(self, t: int) -> float:
@@ -141,8 +140,7 @@ class TopKKernel(_MixtureOracle):
         self.name = f"topk-{k}"
 
     def distribution(self, x_t, t, s, generator=None, n_latent=None):
-        _, _, lt, ls = self.jump(t, s)
-        post = posterior_from_log_alpha_bars(self.mixture, x_t, lt, ls)
+        t, s, post = self.exact_step(x_t, t, s)
         if self.k >= post.K:
             return post
         lw = post.log_weights

@@ -16,7 +16,7 @@ import math
 import torch
 
 from .distributions import LOG_2PI
-from .exact import MixturePosterior, posterior_from_log_alpha_bars
+from .exact import MixturePosterior
 from .kernels import _MixtureOracle
 from .mixture import GaussianMixture
 from .schedules import NoiseSchedule
@@ -186,8 +186,7 @@ class GMSKernel(_MixtureOracle):
         self.last_residual = None
 
     def distribution(self, x_t, t, s, generator=None, n_latent=None):
-        _, _, lt, ls = self.jump(t, s)
-        post = posterior_from_log_alpha_bars(self.mixture, x_t, lt, ls)
+        t, s, post = self.exact_step(x_t, t, s)
         means, var, res = gms_fit(posterior_raw_moments(post), self.iterations, self.min_scale)
         self.last_residual = res
         return ProductTwoMixture(means, var)

@@ -107,6 +107,12 @@ class _MixtureOracle(ReverseKernel):
         lt = self.schedule.root.log_alpha_bars[t].item()
         return posterior_from_log_alpha_bars(self.mixture, x, lt, 0.0).mean().reshape(x_t.shape)
 
+    def exact_step(self, x_t, t, s):
+        """(t, s, q(x_s | x_t)): the validated root jump and the target's exact posterior at x_t,
+        which every oracle kernel builds its step from."""
+        t, s, lt, ls = self.jump(t, s)
+        return t, s, posterior_from_log_alpha_bars(self.mixture, x_t, lt, ls)
+
 
 class ExactKernel(_MixtureOracle):
     """The exact reverse transition q(x_s | x_t) of a mixture target: zero local error."""
@@ -116,8 +122,7 @@ class ExactKernel(_MixtureOracle):
         self.name = "exact"
 
     def distribution(self, x_t, t, s, generator=None, n_latent=None):
-        _, _, lt, ls = self.jump(t, s)
-        return posterior_from_log_alpha_bars(self.mixture, x_t, lt, ls)
+        return self.exact_step(x_t, t, s)[2]
 
 
 class BestGaussianKernel(_MixtureOracle):
@@ -137,8 +142,7 @@ class BestGaussianKernel(_MixtureOracle):
         self.name = f"gaussian-{kind}"
 
     def distribution(self, x_t, t, s, generator=None, n_latent=None):
-        t, s, lt, ls = self.jump(t, s)
-        post = posterior_from_log_alpha_bars(self.mixture, x_t, lt, ls)
+        t, s, post = self.exact_step(x_t, t, s)
         return best_gaussian_of(post, self.schedule.root, t, s, self.kind)
 
 
@@ -182,8 +186,7 @@ class MixtureConstructionKernel(_MixtureOracle):
         return float(self.variance) * post.eigvals.min().item()
 
     def distribution(self, x_t, t, s, generator=None, n_latent=None):
-        t, s, lt, ls = self.jump(t, s)
-        post = posterior_from_log_alpha_bars(self.mixture, x_t, lt, ls)
+        t, s, post = self.exact_step(x_t, t, s)
         var = self.step_variance(post, t, s)
         floored = post.eigvals.clamp_min(var)
         if n_latent is None:
