@@ -11,7 +11,7 @@ The convergence rule (:func:`is_converged`), applied to one metric of the curve:
                     |v_j - v_last| <= n_se * sqrt(se_j^2 + se_last^2) + rel_tol * |v_last| + abs_tol
 
 i.e. the last ``window`` evaluations agree with the final one within two standard errors of
-their difference (the sampling noise of the evaluation itself) plus a small relative tolerance
+their difference (the sampling noise of the evaluation itself) plus a 2% relative tolerance
 (for metrics without a standard error, like the grid KL, the relative tolerance is the test).
 Comparing against the point ``window - 1`` evaluations back, not just the previous one, is what
 catches a curve that is still improving by less than its noise per evaluation but clearly over
@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 
 DEFAULT_WINDOW = 3
 DEFAULT_N_SE = 2.0
-DEFAULT_REL_TOL = 0.05
+DEFAULT_REL_TOL = 0.02
 
 
 def evaluation_steps(total: int, n_evals: int = 8) -> list[int]:

@@ -168,7 +168,7 @@ def _curves_figure(zc, zoo, refs, out, plt):
 
 def _models_table(data) -> list[str]:
     lines = ["Convergence (rule of smdlab.convergence: the last 3 of the evaluations during "
-             "training agree with the final one within 2 s.e. + 5%):", "",
+             "training agree with the final one within 2 s.e. + 2%):", "",
              "| model | trained on | metric | final value per seed | converged |",
              "|---|---|---|---|---|"]
     groups: dict = {}
