@@ -15,7 +15,15 @@ from ..kernels import ExactKernel
 from ..provenance import save_figure
 from .base import ExperimentResult, Outputs, register, save_result
 from .toy_config import COLORS, KINDS, LABELS, ToyConfig
-from .toy_eval import REFERENCES, draw_samples, evaluate, fmt, mean_spread, references
+from .toy_eval import (
+    REFERENCES,
+    draw_samples,
+    evaluate,
+    fmt,
+    mean_spread,
+    reference_kernel,
+    references,
+)
 from .toy_zoo import matched_hidden, primary_metric, toy_zoo
 
 __all__ = ["ToyConfig", "run"]
@@ -90,12 +98,19 @@ def run(cfg: ToyConfig, out: Outputs) -> ExperimentResult:
                                  figsize=(2.4 * (len(steps) + 1), 2.4 * len(zc.kinds)),
                                  squeeze=False)
         for i, kind in enumerate(zc.kinds):
+            done = zoo[kind, S, 0].converged
             for j, st in enumerate(steps):
+                tag = ("" if done else " (unconverged)") if st == zc.train.steps else ""
                 _scatter(axes[i, j], snap_samples[kind, S, st].numpy(), mix,
-                         f"{LABELS[kind]}, step {st}")
+                         f"{LABELS[kind]}, step {st}{tag}")
             if i == 0:
                 x = draw_samples(ExactKernel(mix, root), zc.chain(S), sizes.n_snapshot, 5)
                 _scatter(axes[0, -1], x.numpy(), mix, f"exact chain\n{S} steps")
+            elif i == 1:     # the best any DDPM of this family can do: the exact-mean oracle
+                chain = zc.chain(S)
+                x = draw_samples(reference_kernel("oracle_ddpm", mix, zc, chain), chain,
+                                 sizes.n_snapshot, 6)
+                _scatter(axes[1, -1], x.numpy(), mix, f"oracle DDPM (exact mean)\n{S} steps")
             else:
                 axes[i, -1].axis("off")
         for ax in axes[-1]:
