@@ -50,7 +50,8 @@ def main(argv=None):
         train_parallel(zoo, jobs, Path(tmp) / "par", workers=2)
         par = time.perf_counter() - t0
     res = {"steps": a.steps, "per_kind": rows,
-           "loop_vs_workers": {"models": a.models, "sequential_s": seq, "two_workers_s": par, "speedup": seq / par}}
+           "loop_vs_workers": {"models": a.models, "sequential_s": seq, "two_workers_s": par,
+                               "speedup": seq / par}}
     print(f"\n{a.steps} steps per model, batch {zoo.batch_size}, float32, one thread\n")
     print("| kind | ms/step | steps/s | params |\n|---|---|---|---|")
     for r in rows:
