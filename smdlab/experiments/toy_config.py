@@ -156,7 +156,7 @@ class ToyZoo:
     def quick(cls) -> ToyZoo:
         return cls(chains=(1000, 4), n_seeds=1, seed_chains=(), batch_size=128,
                    train=toy_train_config(steps=30, warmup_steps=5, progress=False),
-                   snapshots=(0.5, 1.0), n_evals=3, curve_samples=100, curve_grid=16,
+                   snapshots=(0.5, 1.0), n_evals=2, curve_samples=50, curve_grid=16,
                    workers=1)
 
 
