@@ -72,11 +72,14 @@ class LearningCurve:
 
     points: [{"step": int, metric: value, metric + "_se": standard error, ...}] oldest first;
     primary: the metric the rule is applied to (in-mode share on long chains, the grid KL on
-    few-step chains, NLL excess where no grid applies).
+    few-step chains, NLL excess where no grid applies); rel_tol: the rule's relative tolerance
+    for it (the zoo uses 5% for the grid KL, which has no standard error: the EMA weights of a
+    trained few-step model still move its KL by a few per cent between evaluations).
     """
 
     primary: str
     points: list = field(default_factory=list)
+    rel_tol: float = DEFAULT_REL_TOL
 
     def add(self, step: int, metrics: dict) -> None:
         if self.points and step <= self.points[-1]["step"]:
@@ -92,12 +95,12 @@ class LearningCurve:
 
     def converged(self, metric: str | None = None, **rule) -> bool:
         _, v, se = self.series(metric or self.primary)
-        return is_converged(v, se, **rule)
+        return is_converged(v, se, **{"rel_tol": self.rel_tol, **rule})
 
     def to_dict(self) -> dict:
-        return {"primary": self.primary, "points": list(self.points),
+        return {"primary": self.primary, "points": list(self.points), "rel_tol": self.rel_tol,
                 "converged": self.converged()}
 
     @classmethod
     def from_dict(cls, d: dict) -> LearningCurve:
-        return cls(d["primary"], list(d["points"]))
+        return cls(d["primary"], list(d["points"]), float(d.get("rel_tol", DEFAULT_REL_TOL)))

@@ -41,7 +41,7 @@ from pathlib import Path
 
 import torch
 
-from ..convergence import LearningCurve, evaluation_steps
+from ..convergence import DEFAULT_REL_TOL, LearningCurve, evaluation_steps
 from ..denoisers import GaussianDenoiser, SMDDenoiser
 from ..nets import VectorLatentGenerator, VectorMLP, count_parameters, matched_width
 from ..objectives import Objective
@@ -202,7 +202,8 @@ def train_one(zoo: ToyZoo, kind: str, S: int, seed: int, models_dir: Path) -> Tr
     snap_steps = sorted({max(1, round(f * steps)) for f in zoo.snapshots})
     eval_steps = set(evaluation_steps(steps, zoo.n_evals)) if zoo.n_evals and steps else set()
     curve_path = run_dir / "curve.json"
-    curve = LearningCurve(primary_metric(zoo, S))
+    primary = primary_metric(zoo, S)
+    curve = LearningCurve(primary, rel_tol=0.05 if primary == "kl" else DEFAULT_REL_TOL)
     if curve_path.exists():
         try:
             curve = LearningCurve.from_dict(json.loads(curve_path.read_text()))
