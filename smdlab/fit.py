@@ -30,6 +30,12 @@ sd over 2 seeds; ``benchmarks/results/bench_recipes.json``; oracle DDPM 0.965)::
     log-normal t, raw x             0.471 ± 0.025   5.99 ± 0.09
     log-normal t, Fourier x         0.943 ± 0.003   1.00 ± 0.06   <- chosen
 
+On the 4-step chain (``--chains 4 --kinds ddpm smd_energy``, 2 seeds, 2000 steps,
+``bench_recipes_S4.json``; grid KL, 48^2 nodes) the recipe moves DDPM's KL from 4.28 ± 0.05 to
+5.01 ± 0.14, toward the oracle DDPM's 5.92 (an undertrained DDPM's blur helps on coarse jumps,
+see issue 10), and leaves SMD-energy at 2.58 ± 0.12 (uniform t: 2.61), above the best beta-tilde
+Gaussian (2.09): the recipe is not what keeps energy models from the goal of <= 1 nat.
+
 The features do most of the work; the t-density adds 0.04 in-mode share and lowers the NLL
 excess by 40% at equal steps.  The issue's probe found the same (uniform t, raw x: 0.44 after
 5k steps, 0.45 after 10k; both changes: 0.94 after 3-5k).  Only two seeds and 2000 steps were
