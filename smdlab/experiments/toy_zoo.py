@@ -284,13 +284,18 @@ def toy_zoo(zoo: ToyZoo, out: Outputs, seed: int = 0) -> dict:
               for kind in zoo.kinds]
     todo = [(k, S, i) for k, S, i in wanted
             if (str(models_dir), model_key(zoo, k, S, seed + i)) not in _MEMORY]
+    in_workers = set()
     if zoo.workers > 1 and len(todo) > 1:
-        train_parallel(zoo, [(k, S, seed + i) for k, S, i in todo], models_dir, zoo.workers)
+        done = train_parallel(zoo, [(k, S, seed + i) for k, S, i in todo], models_dir,
+                              zoo.workers)
+        in_workers = {(k, S, s) for k, S, s, _ in done}
     found = {}
     for kind, S, i in wanted:
         mkey = (str(models_dir), model_key(zoo, kind, S, seed + i))
         if mkey not in _MEMORY:
             _MEMORY[mkey] = train_one(zoo, kind, S, seed + i, models_dir)
+            if (kind, S, seed + i) in in_workers:    # trained just now, not found in the cache
+                _MEMORY[mkey].cached = False
         found[kind, S, i] = _MEMORY[mkey]
     return found
 
