@@ -40,3 +40,19 @@ def test_evaluating_during_training_does_not_change_the_weights(tmp_path):
     assert b.curve.points == []
     for (k, x), y in zip(a.kernel.state_dict().items(), b.kernel.state_dict().values()):
         assert torch.equal(x, y), k
+
+
+def test_a_model_trained_by_a_worker_process_equals_one_trained_here(tmp_path):
+    from smdlab.experiments.toy_zoo import train_parallel
+
+    zoo = _zoo(2)
+    jobs = [("ddpm", 4, 0), ("smd-energy", 4, 0)]
+    done = train_parallel(zoo, jobs, tmp_path / "w", workers=2)
+    assert sorted((k, S, s) for k, S, s, _ in done) == sorted(jobs)
+    for kind, S, seed in jobs:
+        here = train_one(zoo, kind, S, seed, tmp_path / "here")
+        there = train_one(zoo, kind, S, seed, tmp_path / "w")      # reloads the worker's run
+        assert there.cached and not here.cached
+        assert there.curve.points == here.curve.points
+        for x, y in zip(here.kernel.state_dict().values(), there.kernel.state_dict().values()):
+            assert torch.equal(x, y)
