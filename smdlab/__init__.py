@@ -17,6 +17,7 @@ from .exact import (  # noqa: E402
     posterior,
     score,
 )
+from .fit import fit as fit  # noqa: E402  (re-exported: smdlab.fit(target, kind=...))
 from .kernels import BestGaussianKernel, ExactKernel, MixtureConstructionKernel, ReverseKernel  # noqa: E402
 from .mixture import GaussianMixture  # noqa: E402
 from .parameterization import posterior_coefficients, root_jump  # noqa: E402

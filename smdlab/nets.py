@@ -46,6 +46,35 @@ class TimeEmbedding(nn.Module):
         return self.mlp(emb.to(self.mlp[0].weight.dtype))  # float64 networks get float64 input
 
 
+class FourierFeatures(nn.Module):
+    """Fixed Fourier features of the input coordinates: x (N, D) -> [x, sin(pi f x), cos(pi f x)]
+    (N, D (1 + 2 n)) with frequencies f = scale * 2^k, k = 0..n-1, for every coordinate.
+
+    Why: an MLP on raw coordinates is biased toward smooth functions of x (spectral bias); the
+    posterior mean of a narrow-mode mixture at small noise is a staircase in x whose steps are
+    one mode spacing wide.  Features at the spacing's frequency let the network draw it (the
+    probe of issue 10: in-mode share 0.44 -> 0.94 with the t-sampling below, see
+    :mod:`smdlab.objectives`).  Deterministic frequencies: nothing random to seed or store.
+    """
+
+    def __init__(self, dim: int, n_freq: int, scale: float = 1.0):
+        super().__init__()
+        if n_freq < 1 or scale <= 0:
+            raise ValueError(f"FourierFeatures needs n_freq >= 1 and scale > 0; got {n_freq}, "
+                             f"{scale}")
+        self.dim, self.n_freq = dim, n_freq
+        self.register_buffer("freqs", math.pi * scale * 2.0 ** torch.arange(n_freq,
+                                                                            dtype=torch.float32))
+
+    @property
+    def out_dim(self) -> int:
+        return self.dim * (1 + 2 * self.n_freq)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a = (x[:, :, None] * self.freqs.to(x.dtype)).flatten(1)         # (N, D n)
+        return torch.cat([x, torch.sin(a), torch.cos(a)], -1)
+
+
 class _ResBlock(nn.Module):
     def __init__(self, hidden: int, time_dim: int):
         super().__init__()
@@ -74,19 +103,25 @@ class VectorMLP(nn.Module):
         latent_dim: Z (0: no latent, a plain DDPM backbone).
         conditioning: ``"hyper"``, ``"hyper_naive"`` or ``"film"`` (see :mod:`smdlab.conditioning`).
         inner_dim, n_layers: the hypernetwork's width and number of W_l.
+        fourier, fourier_scale: number of :class:`FourierFeatures` frequencies per input
+            coordinate (0: the raw coordinates only) and the lowest frequency's scale.
     """
 
     def __init__(self, dim: int, hidden: int = 128, depth: int = 2, time_dim: int = 64,
                  T: int = 1000, latent_dim: int = 0, conditioning: str = "hyper",
-                 inner_dim: int = 32, n_layers: int = 2):
+                 inner_dim: int = 32, n_layers: int = 2, fourier: int = 0,
+                 fourier_scale: float = 1.0):
         super().__init__()
         if min(dim, hidden, depth, time_dim, T) < 1 or latent_dim < 0:
             raise ValueError("VectorMLP needs positive dim, hidden, depth, time_dim, T and "
                              f"latent_dim >= 0; got {dim}, {hidden}, {depth}, {time_dim}, {T}, "
                              f"{latent_dim}")
+        if fourier < 0:
+            raise ValueError(f"fourier (frequencies per coordinate) must be >= 0; got {fourier}")
         self.dim, self.latent_dim = dim, latent_dim
         self.time = TimeEmbedding(time_dim, T)
-        self.inp = nn.Linear(dim, hidden)
+        self.features = FourierFeatures(dim, fourier, fourier_scale) if fourier else None
+        self.inp = nn.Linear(self.features.out_dim if fourier else dim, hidden)
         self.blocks = nn.ModuleList(_ResBlock(hidden, time_dim) for _ in range(depth))
         self.out = nn.Linear(hidden, dim)
         self.act = nn.SiLU()
@@ -102,7 +137,7 @@ class VectorMLP(nn.Module):
             raise ValueError("this network takes a latent z" if self.latent_dim
                              else "this network has no latent input (z must be None)")
         e = self.time(t)
-        h = self.inp(x)
+        h = self.inp(self.features(x) if self.features is not None else x)
         if z is not None:
             h = self.cond_in(h, z)
         for blk in self.blocks:

@@ -49,6 +49,41 @@ from .schedules import NoiseSchedule
 from .training import unwrap
 
 OBJECTIVES = ("jensen", "multisample", "energy")
+T_SAMPLINGS = ("uniform", "lognormal")
+
+
+def step_probabilities(chain: NoiseSchedule, t_sampling: str = "uniform", p_mean: float = -1.2,
+                       p_std: float = 1.2, uniform_share: float = 0.3) -> torch.Tensor:
+    """Probabilities (S,) of training the jumps t_i -> t_{i-1}, i = 1..S, of ``chain``.
+
+    ``"uniform"``: 1/S each (the DDPM default).  ``"lognormal"``: a mixture of
+    ``uniform_share`` times uniform and (1 - uniform_share) times a log-normal density in the
+    noise level sigma = sqrt((1 - abar) / abar), log sigma ~ N(p_mean, p_std^2) (the EDM
+    training density), discretised onto the chain: jump i gets the normal mass of log sigma
+    between the midpoints to its neighbours (the end bins reach to -inf and +inf, so the
+    masses sum to 1 on any chain, also on 2 or 4 steps).
+
+    Why: on a linear 1000-step chain most uniform draws are at large sigma where the posterior
+    mean is nearly linear and easy, while the steps that place samples in modes (sigma ~ the
+    mode spacing and below) get few updates; the uniform share keeps the coarse steps trained.
+    """
+    if t_sampling not in T_SAMPLINGS:
+        raise ValueError(f"unknown t_sampling {t_sampling!r}; choose one of {T_SAMPLINGS}")
+    S = chain.original_steps.numel() - 1
+    uni = torch.full((S,), 1.0 / S, dtype=torch.float64)
+    if t_sampling == "uniform":
+        return uni
+    if not 0 <= uniform_share <= 1 or p_std <= 0:
+        raise ValueError(f"lognormal t-sampling needs uniform_share in [0, 1] and p_std > 0; got "
+                         f"{uniform_share}, {p_std}")
+    la = chain.log_alpha_bars.to(torch.float64)[1:]
+    log_sigma = 0.5 * (torch.log(-torch.expm1(la)) - la)                # increasing in i
+    mid = 0.5 * (log_sigma[1:] + log_sigma[:-1])
+    inf = torch.tensor([math.inf], dtype=torch.float64)
+    edges = torch.cat([-inf, mid, inf])
+    cdf = torch.special.ndtr((edges - p_mean) / p_std)
+    ln = (cdf[1:] - cdf[:-1]).clamp_min(0)
+    return uniform_share * uni + (1 - uniform_share) * ln / ln.sum()
 
 
 class Objective:
@@ -60,10 +95,13 @@ class Objective:
         n_samples: K for ``multisample`` (>= 1), M for ``energy`` (>= 2); ignored by ``jensen``.
         weighting: for ``jensen``: ``"simple"`` (regression in the parameterisation's space) or
             ``"likelihood"`` (the weighted Jensen bound; equals ``multisample`` with K = 1).
+        t_sampling, p_mean, p_std, uniform_share: how the trained jump is drawn, see
+            :func:`step_probabilities` (``"uniform"`` draws every jump equally often).
     """
 
     def __init__(self, kind: str, chain: NoiseSchedule, n_samples: int = 1,
-                 weighting: str = "simple"):
+                 weighting: str = "simple", t_sampling: str = "uniform", p_mean: float = -1.2,
+                 p_std: float = 1.2, uniform_share: float = 0.3):
         if kind not in OBJECTIVES:
             raise ValueError(f"unknown objective {kind!r}; choose one of {OBJECTIVES}")
         if kind == "multisample" and n_samples < 1:
@@ -75,10 +113,26 @@ class Objective:
             raise ValueError(f"unknown weighting {weighting!r}; choose 'simple' or 'likelihood'")
         self.kind, self.chain, self.n_samples, self.weighting = kind, chain, n_samples, weighting
         self._steps = chain.original_steps.clone()
+        self.t_sampling = t_sampling
+        self.t_params = {"p_mean": p_mean, "p_std": p_std, "uniform_share": uniform_share}
+        self._probs = step_probabilities(chain, t_sampling, p_mean, p_std, uniform_share)
 
     def describe(self) -> dict:
-        return {"kind": self.kind, "chain": self.chain.name, "n_samples": self.n_samples,
-                "weighting": self.weighting}
+        d = {"kind": self.kind, "chain": self.chain.name, "n_samples": self.n_samples,
+             "weighting": self.weighting, "t_sampling": self.t_sampling}
+        if self.t_sampling != "uniform":
+            d.update(self.t_params)
+        return d
+
+    def draw_jumps(self, n: int, generator=None, device=None) -> torch.Tensor:
+        """Indices i (n,) in 1..S of the jumps t_i -> t_{i-1} to train (see
+        :func:`step_probabilities`); uniform draws use randint, as before this option existed,
+        so that uniform runs keep their random streams."""
+        S = self._probs.numel()
+        if self.t_sampling == "uniform":
+            return torch.randint(1, S + 1, (n,), generator=generator, device=device)
+        probs = self._probs.to(device=device, dtype=torch.float32)
+        return torch.multinomial(probs, n, replacement=True, generator=generator) + 1
 
     def __call__(self, model, x0: torch.Tensor, generator: torch.Generator | None = None):
         den = unwrap(model)
@@ -88,7 +142,7 @@ class Objective:
         N = x0.shape[0]
         dev = x0.device
         steps = self._steps.to(dev)
-        i = torch.randint(1, steps.numel(), (N,), generator=generator, device=dev)
+        i = self.draw_jumps(N, generator, dev)
         t, s = steps[i], steps[i - 1]
         eps = torch.randn(x0.shape, generator=generator, dtype=x0.dtype, device=dev)
         x_t = den.diffuse(x0, eps, t)

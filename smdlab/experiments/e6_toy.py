@@ -14,9 +14,17 @@ import time
 from ..kernels import ExactKernel
 from ..provenance import save_figure
 from .base import ExperimentResult, Outputs, register, save_result
-from .toy_config import KINDS, LABELS, ToyConfig
-from .toy_eval import REFERENCES, draw_samples, evaluate, fmt, mean_spread, references
-from .toy_zoo import matched_hidden, toy_zoo
+from .toy_config import COLORS, KINDS, LABELS, ToyConfig
+from .toy_eval import (
+    REFERENCES,
+    draw_samples,
+    evaluate,
+    fmt,
+    mean_spread,
+    reference_kernel,
+    references,
+)
+from .toy_zoo import matched_hidden, primary_metric, toy_zoo
 
 __all__ = ["ToyConfig", "run"]
 
@@ -70,7 +78,10 @@ def run(cfg: ToyConfig, out: Outputs) -> ExperimentResult:
                 snap_samples[kind, S, step] = draw_samples(k, zc.chain(S), sizes.n_snapshot, 300)
     # ---- aggregate over seeds
     table = _aggregate(rows)
-    data = {"rows": rows, "table": table, "references": refs,
+    models = [{"kind": kind, "train_S": S, "seed": i, "converged": tm.converged,
+               "curve": tm.curve.to_dict() if tm.curve is not None else None,
+               "train_seconds": tm.seconds} for (kind, S, i), tm in zoo.items()]
+    data = {"rows": rows, "table": table, "references": refs, "models": models,
             "params": {kind: zoo[kind, zc.chains[0], 0].params for kind in zc.kinds},
             "matched_hidden": matched_hidden(zc),
             "train_seconds_total": sum(tm.seconds for tm in zoo.values()),
@@ -87,12 +98,19 @@ def run(cfg: ToyConfig, out: Outputs) -> ExperimentResult:
                                  figsize=(2.4 * (len(steps) + 1), 2.4 * len(zc.kinds)),
                                  squeeze=False)
         for i, kind in enumerate(zc.kinds):
+            done = zoo[kind, S, 0].converged
             for j, st in enumerate(steps):
+                tag = ("" if done else " (unconverged)") if st == zc.train.steps else ""
                 _scatter(axes[i, j], snap_samples[kind, S, st].numpy(), mix,
-                         f"{LABELS[kind]}, step {st}")
+                         f"{LABELS[kind]}, step {st}{tag}")
             if i == 0:
                 x = draw_samples(ExactKernel(mix, root), zc.chain(S), sizes.n_snapshot, 5)
                 _scatter(axes[0, -1], x.numpy(), mix, f"exact chain\n{S} steps")
+            elif i == 1:     # the best any DDPM of this family can do: the exact-mean oracle
+                chain = zc.chain(S)
+                x = draw_samples(reference_kernel("oracle_ddpm", mix, zc, chain), chain,
+                                 sizes.n_snapshot, 6)
+                _scatter(axes[1, -1], x.numpy(), mix, f"oracle DDPM (exact mean)\n{S} steps")
             else:
                 axes[i, -1].axis("off")
         for ax in axes[-1]:
@@ -119,8 +137,68 @@ def run(cfg: ToyConfig, out: Outputs) -> ExperimentResult:
         fig.tight_layout(rect=(0, 0, 1, 0.96))
         figs.append(save_figure(fig, out.figure("e6_scatter_respaced")))
         plt.close(fig)
+    if zc.n_evals:
+        figs.append(_curves_figure(zc, zoo, refs, out, plt))
     summary, verdicts, headline = _summary(cfg, table, refs, data)
     return ExperimentResult("e6", data, json_path, figs, summary, verdicts, headline)
+
+
+METRIC_LABELS = {"in_mode_share": "in-mode share", "kl": "grid global KL (nats)",
+                 "nll_excess": "NLL excess under q (nats)"}
+
+
+def _curves_figure(zc, zoo, refs, out, plt):
+    """Learning curves: the primary metric of every model against training steps, one panel per
+    chain, the oracle DDPM and the exact chain as horizontal references."""
+    fig, axes = plt.subplots(1, len(zc.chains), figsize=(4.2 * len(zc.chains), 3.4),
+                             squeeze=False)
+    for ax, S in zip(axes[0], zc.chains):
+        metric = primary_metric(zc, S)
+        for (kind, s, i), tm in zoo.items():
+            if s != S or tm.curve is None:
+                continue
+            steps, v, se = tm.curve.series(metric)
+            ax.errorbar(steps, v, yerr=[e or 0 for e in se], color=COLORS[kind], lw=1.2 if i == 0
+                        else 0.6, alpha=1 if i == 0 else 0.5, marker="o", ms=2.5,
+                        label=LABELS[kind] + ("" if tm.converged else " (unconverged)")
+                        if i == 0 else None)
+        for name in ("oracle_ddpm", "exact", "gaussian-beta_tilde"):
+            val = refs.get(name, {}).get(S, {}).get(metric)
+            if val is not None:
+                ax.axhline(val, color=COLORS[name], ls="--", lw=0.8, label=LABELS[name])
+        ax.set_title(f"trained and sampled on {S} steps", fontsize=8)
+        ax.set_xlabel("training step", fontsize=7)
+        ax.set_ylabel(METRIC_LABELS[metric], fontsize=7)
+        if metric == "kl":      # linear: the exact chain's KL is 0 (a log axis would hide it)
+            ax.set_ylim(bottom=-0.1)
+        ax.tick_params(labelsize=6)
+        ax.legend(fontsize=5)
+    fig.suptitle("E6: learning curves against the exact target (EMA weights; thin = other seeds)",
+                 fontsize=9)
+    fig.tight_layout(rect=(0, 0, 1, 0.94))
+    path = save_figure(fig, out.figure("e6_learning_curves"))
+    plt.close(fig)
+    return path
+
+
+def _models_table(data) -> list[str]:
+    lines = ["Convergence (rule of smdlab.convergence: the last 3 of the evaluations during "
+             "training agree with the final one within 2 s.e. + 2%; 5% for the grid KL, which "
+             "has no s.e.):", "",
+             "| model | trained on | metric | final value per seed | converged |",
+             "|---|---|---|---|---|"]
+    groups: dict = {}
+    for m in data["models"]:
+        groups.setdefault((m["kind"], m["train_S"]), []).append(m)
+    for (kind, S), ms in sorted(groups.items(), key=lambda kv: (-kv[0][1], KINDS.index(kv[0][0]))):
+        if ms[0]["curve"] is None or not ms[0]["curve"]["points"]:
+            continue
+        metric = ms[0]["curve"]["primary"]
+        finals = ", ".join(fmt(m["curve"]["points"][-1].get(metric)) for m in ms)
+        conv = "yes" if all(m["converged"] for m in ms) else \
+            f"no ({sum(m['converged'] for m in ms)}/{len(ms)} seeds)"
+        lines.append(f"| {LABELS[kind]} | {S} | {METRIC_LABELS[metric]} | {finals} | {conv} |")
+    return lines
 
 
 def _aggregate(rows: list[dict]) -> list[dict]:
@@ -174,6 +252,9 @@ def _summary(cfg, table, refs, data):
         for S, r in refs[name].items():
             lines.append(f"| {LABELS[name]} | - | {S} | - | {fmt(r.get('kl'))} | "
                          f"{fmt(r.get('in_mode_share'))} | {fmt(r.get('mmd'))} |")
+    if any(m["curve"] for m in data["models"]):
+        lines += [""] + _models_table(data) + ["", "![E6 learning curves]"
+                                                  "(figures/e6_learning_curves.png)"]
     lines += ["", "![E6 samples, 4 steps](figures/e6_scatter_S4.png)" if 4 in zc.chains else "",
               f"![E6 samples, {zc.T} steps](figures/e6_scatter_S{zc.T}.png)",
               "![E6 respaced](figures/e6_scatter_respaced.png)"]

@@ -26,7 +26,7 @@ from ..provenance import save_figure
 from .base import ExperimentResult, Outputs, Verdict, register, save_result
 from .toy_config import COLORS, LABELS, ToyEval, ToyZoo
 from .toy_eval import evaluate, fmt, mean_spread, references
-from .toy_zoo import toy_zoo
+from .toy_zoo import toy_zoo, unconverged_note
 
 
 @dataclass
@@ -119,6 +119,9 @@ def run(cfg: FewStepConfig, out: Outputs) -> ExperimentResult:
     figs = [save_figure(fig, out.figure("e8_few_steps"))]
     plt.close(fig)
     summary, verdicts, headline = _summary(cfg, refs, respaced, own, all_S)
+    note = unconverged_note(zoo)
+    for v in verdicts:      # a verdict computed from unconverged models says so
+        v.evidence += note
     return ExperimentResult("e8", data, json_path, figs, summary, verdicts, headline)
 
 

@@ -13,6 +13,17 @@ the key hashes exactly the settings that define the model (:func:`model_key`); l
 process or another, reload or resume them (see :mod:`smdlab.training`).  Training time is
 recorded beside the checkpoint at the end of the training that produced it, so a reload reports
 the original time, not the reload's.
+
+Training recipe: the measured one of :mod:`smdlab.fit` (log-normal-in-sigma t-sampling mixed
+with uniform t, Fourier features of the input), float32 weights.  Each model records a learning
+curve (:mod:`smdlab.convergence`) of ``zoo.n_evals`` evaluations against the exact target during
+training (``curve.json`` beside its checkpoint): in-mode share and NLL excess of
+``zoo.curve_samples`` ancestral samples on its own chain, and on chains of <= 100 steps of a 2-D
+target the grid global KL.  The convergence rule is applied to the primary metric (in-mode share
+on long chains, grid KL on few-step chains, NLL excess otherwise).
+
+With ``zoo.workers > 1`` the models that are not cached yet are trained by that many
+single-threaded worker processes (spawned; each writes its model's folder), then reloaded here.
 """
 
 from __future__ import annotations
@@ -21,11 +32,16 @@ import dataclasses
 import hashlib
 import io
 import json
+import math
+import multiprocessing
+import warnings
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
+from ..convergence import DEFAULT_REL_TOL, LearningCurve, evaluation_steps
 from ..denoisers import GaussianDenoiser, SMDDenoiser
 from ..nets import VectorLatentGenerator, VectorMLP, count_parameters, matched_width
 from ..objectives import Objective
@@ -55,12 +71,18 @@ class TrainedModel:
     seconds: float = 0.0
     cached: bool = False
     run_dir: Path | None = None
+    curve: LearningCurve | None = None
+
+    @property
+    def converged(self) -> bool:
+        return self.curve is not None and self.curve.converged()
 
 
 def _smd_parts(zoo: ToyZoo):
     m, D = zoo.model, zoo.target.dim
     net = VectorMLP(D, m.hidden, m.depth, time_dim=m.time_dim, T=zoo.T, latent_dim=m.latent_dim,
-                    conditioning=m.conditioning, inner_dim=m.inner_dim)
+                    conditioning=m.conditioning, inner_dim=m.inner_dim, fourier=m.fourier,
+                    fourier_scale=m.fourier_scale)
     gen = VectorLatentGenerator(D, m.noise_dim, m.latent_dim, hidden=m.gen_hidden,
                                 time_dim=max(m.time_dim // 2, 2), T=zoo.T)
     return net, gen
@@ -71,36 +93,42 @@ def matched_hidden(zoo: ToyZoo) -> int:
     m = zoo.model
     target_params = count_parameters(*_smd_parts(zoo))
     return matched_width(target_params, lambda w: VectorMLP(zoo.target.dim, w, m.depth,
-                                                             time_dim=m.time_dim, T=zoo.T))
+                                                             time_dim=m.time_dim, T=zoo.T,
+                                                             fourier=m.fourier))
 
 
 def build(zoo: ToyZoo, kind: str, chain: NoiseSchedule):
     """(model, objective) of a kind on a training chain."""
     m = zoo.model
     p, fv, D = m.parameterization, zoo.final_variance(), zoo.target.dim
+    ts = dict(t_sampling=m.t_sampling, p_mean=m.p_mean, p_std=m.p_std,
+              uniform_share=m.uniform_share)
     if kind in ("ddpm", "ddpm-matched"):
         width = m.hidden if kind == "ddpm" else matched_hidden(zoo)
-        model = GaussianDenoiser(VectorMLP(D, width, m.depth, time_dim=m.time_dim, T=zoo.T),
+        model = GaussianDenoiser(VectorMLP(D, width, m.depth, time_dim=m.time_dim, T=zoo.T,
+                                           fourier=m.fourier, fourier_scale=m.fourier_scale),
                                  chain, D, p, name=kind, final_variance=fv)
-        return model, Objective("jensen", chain)
+        return model, Objective("jensen", chain, **ts)
     if kind.startswith("smd-"):
         net, gen = _smd_parts(zoo)
         model = SMDDenoiser(net, gen, chain, D, m.noise_dim, p, name=kind, final_variance=fv)
         obj = kind.removeprefix("smd-")
         n = {"jensen": 1, "multisample": m.n_multisample, "energy": m.n_energy}[obj]
-        return model, Objective(obj, chain, n_samples=n)
+        return model, Objective(obj, chain, n_samples=n, **ts)
     raise ValueError(f"unknown model kind {kind!r}; choose one of {KINDS}")
 
 
 # TrainConfig fields that do not change the trained weights (or are set per model).
 _NOT_DEFINING = ("seed", "progress", "keep_checkpoints", "checkpoint_every")
+# ToyZoo fields that say which models exist or how they are trained in parallel, not what they are.
+_NOT_MODEL = ("chains", "kinds", "n_seeds", "seed_chains", "workers")
 
 
 def model_fields(zoo: ToyZoo) -> dict:
     """The settings that define a trained model of ``zoo`` (its chains, kinds and seed counts
     only say which models exist, so they stay out)."""
     d = dataclasses.asdict(zoo)
-    for k in ("chains", "kinds", "n_seeds", "seed_chains"):
+    for k in _NOT_MODEL:
         d.pop(k)
     for k in _NOT_DEFINING:
         d["train"].pop(k)
@@ -119,8 +147,50 @@ def model_seed(kind: str, S: int, seed: int) -> int:
     return 1000 * seed + KINDS.index(kind) * 17 + S
 
 
+def primary_metric(zoo: ToyZoo, S: int) -> str:
+    """The metric the convergence rule is applied to for a model trained on S steps."""
+    if S <= 100 and zoo.target.dim == 2:
+        return "kl"
+    return "in_mode_share" if S > 100 else "nll_excess"
+
+
+@torch.no_grad()
+def curve_point(zoo: ToyZoo, kernel, chain: NoiseSchedule, seed: int) -> dict:
+    """One learning-curve evaluation of ``kernel`` against the exact target (fixed seed, its own
+    generator only: the training's random streams are untouched, so resume stays bit-identical).
+    """
+    from ..global_error import grid_global_error
+    from ..local_error import mixture_log_prob
+    from ..metrics import mode_statistics
+    from ..sampling import ancestral_sample
+
+    mix = zoo.target.mixture()
+    n = zoo.curve_samples
+    g = torch.Generator().manual_seed(seed)
+    x = ancestral_sample(kernel, torch.randn(n, zoo.target.dim, generator=g,
+                                             dtype=torch.float64), chain, generator=g)
+    share = float(mode_statistics(mix, x)["in_mode_share"])
+    log_q = mixture_log_prob(mix, x)
+    ref = mixture_log_prob(mix, mix.sample(n, g))
+    # NLL excess = E_p[-log q] - H(q); its s.e. from both samples' spread.
+    point = {"in_mode_share": share, "in_mode_share_se": math.sqrt(max(share * (1 - share), 1e-12) / n),
+             "nll_excess": float(ref.mean() - log_q.mean()),
+             "nll_excess_se": float(math.sqrt((log_q.var() + ref.var()) / n))}
+    if chain.T <= 100 and zoo.target.dim == 2:
+        # A coarse grid is enough to follow the curve (the final score uses the evaluation's
+        # grid); its under-resolution warning is recorded as kl_resolved instead of printed.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            res = grid_global_error(mix, kernel, chain, n_grid=zoo.curve_grid, n_latent=4,
+                                    generator=g)
+        point["kl_resolved"] = float(bool(res.get("resolved", True)))
+        point["kl"] = float(res["kl"])          # inf: no mass where q lives (never converged)
+    return point
+
+
 def train_one(zoo: ToyZoo, kind: str, S: int, seed: int, models_dir: Path) -> TrainedModel:
-    """Train (or reload from the cache) one model; EMA snapshots are saved during training."""
+    """Train (or reload from the cache) one model; EMA snapshots and the learning curve are saved
+    during training."""
     chain = zoo.chain(S)
     mix = zoo.target.mixture()
     key = model_key(zoo, kind, S, seed)
@@ -130,11 +200,28 @@ def train_one(zoo: ToyZoo, kind: str, S: int, seed: int, models_dir: Path) -> Tr
     model, objective = build(zoo, kind, chain)
     steps = zoo.train.steps
     snap_steps = sorted({max(1, round(f * steps)) for f in zoo.snapshots})
+    eval_steps = set(evaluation_steps(steps, zoo.n_evals)) if zoo.n_evals and steps else set()
+    curve_path = run_dir / "curve.json"
+    primary = primary_metric(zoo, S)
+    curve = LearningCurve(primary, rel_tol=0.05 if primary == "kl" else DEFAULT_REL_TOL)
+    if curve_path.exists():
+        try:
+            curve = LearningCurve.from_dict(json.loads(curve_path.read_text()))
+        except (OSError, json.JSONDecodeError, KeyError):
+            pass
+    mix32 = mix.to(dtype=torch.float32)
 
     def data(step, g):
-        return mix.sample(zoo.batch_size, g).float()
+        return mix32.sample(zoo.batch_size, g)
 
     def on_step(step, m, ema):
+        if step in eval_steps and not any(p["step"] == step for p in curve.points):
+            was = ema.training
+            ema.eval()
+            curve.points = [p for p in curve.points if p["step"] < step]
+            curve.add(step, curve_point(zoo, ema, chain, 400 + tseed))
+            ema.train(was)
+            write_json(curve_path, curve.to_dict())
         if step in snap_steps:
             buf = io.BytesIO()
             torch.save(ema.state_dict(), buf)
@@ -158,7 +245,7 @@ def train_one(zoo: ToyZoo, kind: str, S: int, seed: int, models_dir: Path) -> Tr
             k.eval()
             snaps[step] = k
     return TrainedModel(kind, S, seed, kernel, key, snaps, res.log, count_parameters(kernel),
-                        seconds, res.resumed_from == steps, run_dir)
+                        seconds, res.resumed_from == steps, run_dir, curve)
 
 
 def _training_seconds(run_dir: Path, res) -> float:
@@ -192,13 +279,59 @@ def toy_zoo(zoo: ToyZoo, out: Outputs, seed: int = 0) -> dict:
     """Every model of ``zoo`` with base seed ``seed``: {(kind, S, seed_index): TrainedModel},
     trained once and cached (in memory for this process, on disk under results/models/)."""
     models_dir = out.results / "models"
+    wanted = [(kind, S, i) for S in zoo.chains
+              for i in (range(zoo.n_seeds) if S in zoo.seed_chains else range(1))
+              for kind in zoo.kinds]
+    todo = [(k, S, i) for k, S, i in wanted
+            if (str(models_dir), model_key(zoo, k, S, seed + i)) not in _MEMORY]
+    in_workers = set()
+    if zoo.workers > 1 and len(todo) > 1:
+        done = train_parallel(zoo, [(k, S, seed + i) for k, S, i in todo], models_dir,
+                              zoo.workers)
+        in_workers = {(k, S, s) for k, S, s, _ in done}
     found = {}
-    for S in zoo.chains:
-        seeds = range(zoo.n_seeds) if S in zoo.seed_chains else range(1)
-        for i in seeds:
-            for kind in zoo.kinds:
-                mkey = (str(models_dir), model_key(zoo, kind, S, seed + i))
-                if mkey not in _MEMORY:
-                    _MEMORY[mkey] = train_one(zoo, kind, S, seed + i, models_dir)
-                found[kind, S, i] = _MEMORY[mkey]
+    for kind, S, i in wanted:
+        mkey = (str(models_dir), model_key(zoo, kind, S, seed + i))
+        if mkey not in _MEMORY:
+            _MEMORY[mkey] = train_one(zoo, kind, S, seed + i, models_dir)
+            if (kind, S, seed + i) in in_workers:    # trained just now, not found in the cache
+                _MEMORY[mkey].cached = False
+        found[kind, S, i] = _MEMORY[mkey]
     return found
+
+
+def unconverged_note(models: dict, S: int | None = None) -> str:
+    """"; unconverged: ..." naming the models (of chain S, or all) whose learning curve fails the
+    convergence rule, or "" when all converged: appended to every verdict built on them."""
+    from .toy_config import LABELS
+
+    bad = [f"{LABELS[tm.kind]} S={tm.S} seed {i}" for (k, s, i), tm in sorted(models.items())
+           if (S is None or s == S) and not tm.converged]
+    return f"; unconverged: {', '.join(bad)}" if bad else ""
+
+
+def _worker_init():
+    torch.set_num_threads(1)
+
+
+def _train_in_worker(args):
+    zoo, kind, S, seed, models_dir = args
+    tm = train_one(zoo, kind, S, seed, Path(models_dir))
+    return kind, S, seed, tm.seconds
+
+
+# Relative cost per step of each kind (measured, issue 10): the slowest models start first so
+# that the two workers finish together.
+_COST = {"ddpm": 1.0, "ddpm-matched": 1.3, "smd-jensen": 1.7, "smd-energy": 2.6,
+         "smd-multisample": 4.0}
+
+
+def train_parallel(zoo: ToyZoo, jobs, models_dir: Path, workers: int) -> list:
+    """Train ``jobs`` [(kind, S, seed)] into ``models_dir`` with ``workers`` spawned processes of
+    one thread each (longest first); returns [(kind, S, seed, seconds)]."""
+    jobs = sorted(jobs, key=lambda j: -_COST.get(j[0], 1.0) * (2.0 if j[1] > 100 else 1.0))
+    ctx = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx,
+                             initializer=_worker_init) as pool:
+        return list(pool.map(_train_in_worker,
+                             [(zoo, k, S, s, str(models_dir)) for k, S, s in jobs]))

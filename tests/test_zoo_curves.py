@@ -1,0 +1,58 @@
+"""The zoo's learning curves: n_evals evaluations at the planned steps, saved beside the model and
+reloaded, the grid KL only on few-step 2-D chains, and evaluation that leaves training untouched."""
+
+import dataclasses
+
+import torch
+
+from smdlab.convergence import evaluation_steps
+from smdlab.experiments.toy_config import ToyModelSpec, ToyZoo, toy_train_config
+from smdlab.experiments.toy_zoo import primary_metric, train_one, unconverged_note
+
+
+def _zoo(n_evals):
+    return ToyZoo(T=200, chains=(200, 4), kinds=("ddpm", "smd-energy"), n_seeds=1,
+                  model=ToyModelSpec(hidden=16, time_dim=8, gen_hidden=8, latent_dim=4,
+                                     noise_dim=2, inner_dim=4),
+                  train=toy_train_config(steps=12, warmup_steps=2), batch_size=32,
+                  snapshots=(1.0,), n_evals=n_evals, curve_samples=30, curve_grid=12, workers=1)
+
+
+def test_curves_have_the_planned_points_and_reload(tmp_path):
+    zoo = _zoo(4)
+    for kind, S in (("ddpm", 200), ("smd-energy", 4)):
+        tm = train_one(zoo, kind, S, 0, tmp_path)
+        steps, v, se = tm.curve.series(tm.curve.primary)
+        assert steps == evaluation_steps(12, 4) == [3, 6, 9, 12]
+        assert tm.curve.primary == primary_metric(zoo, S) == ("kl" if S == 4 else "in_mode_share")
+        assert ("kl" in tm.curve.points[0]) == (S <= 100)
+        assert all(0 <= p["in_mode_share"] <= 1 for p in tm.curve.points)
+        assert (tm.run_dir / "curve.json").is_file()
+        again = train_one(zoo, kind, S, 0, tmp_path)        # a reload, not a retraining
+        assert again.cached and again.curve.points == tm.curve.points
+    note = unconverged_note({("smd-energy", 4, 0): tm})
+    assert note == "" if tm.converged else "unconverged" in note
+
+
+def test_evaluating_during_training_does_not_change_the_weights(tmp_path):
+    a = train_one(_zoo(4), "smd-energy", 4, 0, tmp_path / "a")
+    b = train_one(dataclasses.replace(_zoo(0)), "smd-energy", 4, 0, tmp_path / "b")
+    assert b.curve.points == []
+    for (k, x), y in zip(a.kernel.state_dict().items(), b.kernel.state_dict().values()):
+        assert torch.equal(x, y), k
+
+
+def test_a_model_trained_by_a_worker_process_equals_one_trained_here(tmp_path):
+    from smdlab.experiments.toy_zoo import train_parallel
+
+    zoo = _zoo(2)
+    jobs = [("ddpm", 4, 0), ("smd-energy", 4, 0)]
+    done = train_parallel(zoo, jobs, tmp_path / "w", workers=2)
+    assert sorted((k, S, s) for k, S, s, _ in done) == sorted(jobs)
+    for kind, S, seed in jobs:
+        here = train_one(zoo, kind, S, seed, tmp_path / "here")
+        there = train_one(zoo, kind, S, seed, tmp_path / "w")      # reloads the worker's run
+        assert there.cached and not here.cached
+        assert there.curve.points == here.curve.points
+        for x, y in zip(here.kernel.state_dict().values(), there.kernel.state_dict().values()):
+            assert torch.equal(x, y)
