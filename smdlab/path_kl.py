@@ -97,9 +97,10 @@ def iw_global_kl(mixture: GaussianMixture, kernel: ReverseKernel,
         n_points: x_0 ~ q draws; every K uses the first K of the same max(Ks) paths per point
             (common random numbers, so the decrease in K is visible without extra noise).
         chunk: paths evaluated at once (memory).
-    Returns {"K": [...], "bound": [...], "se": [...], "n_points", "steps", "kernel",
-    "log_q_mean"}: se is the standard error of each bound over the x_0 (it includes the Monte
-    Carlo error of E_q log q).  The sequence is an upper bound on the KL for every K, decreasing
+    Returns {"K": [...], "bound": [...], "se": [...], "bound_raw", "clamped", "n_points", "steps",
+    "kernel", "log_q_mean"} (a negative Monte Carlo mean is reported as 0, the raw value kept):
+    se is the standard error of each bound over the x_0 (it includes the Monte Carlo error of
+    E_q log q).  The sequence is an upper bound on the KL for every K, decreasing
     to it; the gap B_K - B_{2K} says how far from converged the largest K is.
     """
     Ks = sorted({int(k) for k in Ks})
@@ -115,13 +116,17 @@ def iw_global_kl(mixture: GaussianMixture, kernel: ReverseKernel,
     lw = torch.cat([path_log_weights(mixture, kernel, x0[i:i + per], Kmax, schedule, generator,
                                      n_latent) for i in range(0, n_points, per)])
     log_q = mixture_log_prob(mixture, x0)
-    bounds, ses = [], []
+    bounds, ses, raw = [], [], []
     for K in Ks:
         lower = torch.logsumexp(lw[:, :K], -1) - math.log(K)
         d = log_q - lower
-        bounds.append(d.mean().item())
+        raw.append(d.mean().item())
         ses.append((d.std() / math.sqrt(n_points)).item())
-    return {"K": Ks, "bound": bounds, "se": ses, "n_points": n_points,
+    # A KL is never negative: a Monte Carlo mean below 0 (a kernel within noise of exact) is
+    # reported as 0, with the unclamped values kept and the flag set; read it as "<= 2 se".
+    bounds = [max(b, 0.0) for b in raw]
+    return {"K": Ks, "bound": bounds, "se": ses, "bound_raw": raw,
+            "clamped": [b < 0 for b in raw], "n_points": n_points,
             "steps": len(chain_steps(kernel, schedule)), "kernel": kernel.name,
             "log_q_mean": log_q.mean().item()}
 
