@@ -280,9 +280,9 @@ def ddim_pushforward_kl(mixture: GaussianMixture, kernel: DDIMKernel,
         reached = p > 0
         unreached = (q[~reached].sum() * h).item()
         q_mass = (q[reached].sum() * h).item()
-        kl = math.inf if unreached > 1e-12 else \
+        kl_raw = math.inf if unreached > 1e-12 else \
             (h * q * (log_q - p.clamp_min(1e-300).log())).sum().item()
-        return {"kl": kl, "se": 0.0, "q_mass": q_mass, "unreached": unreached,
+        return {"kl": max(kl_raw, 0.0), "kl_raw": kl_raw, "se": 0.0, "q_mass": q_mass, "unreached": unreached,
                 "method": f"x0 grid {n}", "steps": steps, "kernel": kernel.name}
     width = 6.0 if width is None else width
     if n_samples is None and D > 2:
@@ -302,9 +302,11 @@ def ddim_pushforward_kl(mixture: GaussianMixture, kernel: DDIMKernel,
     log_r = mixture_log_prob_any(mixture, x0) - logp
     r = log_r.clamp(max=700).exp()
     f = r * log_r
-    kl = (w * f).sum().item()
+    kl_raw = (w * f).sum().item()
     se = 0.0 if n_samples is None else (f.std() / math.sqrt(n_samples)).item()
-    return {"kl": kl, "se": se, "q_mass": (w * r).sum().item(), "unreached": float("nan"),
+    # A KL is never negative: a node or Monte Carlo sum below 0 is reported as 0 (raw kept).
+    return {"kl": max(kl_raw, 0.0), "kl_raw": kl_raw, "se": se,
+            "q_mass": (w * r).sum().item(), "unreached": float("nan"),
             "method": method, "steps": steps, "kernel": kernel.name}
 
 
