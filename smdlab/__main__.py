@@ -18,6 +18,7 @@ from .cli import CliParser, UsageError, run_main, threads_from_env
 from .config import ConfigError, add_set_argument, apply_overrides, describe_fields, has_field
 from .experiments import REGISTRY, Outputs
 from .experiments.base import check_writable
+from .experiments.runner import default_jobs, prepare_shared, run_experiments
 
 
 def _fields_epilog() -> str:
@@ -49,6 +50,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=None, help="override every experiment's seed")
     p.add_argument("--threads", type=int, default=None,
                    help="torch threads (default: OMP_NUM_THREADS, else 1; 2 helps only on an idle machine)")
+    p.add_argument("--jobs", type=int, default=None,
+                   help="experiments run at once, each in its own process (default: the number "
+                        "of cores, at most 2); the shared toy models are trained first, by "
+                        "zoo.workers processes")
     p.add_argument("--list", action="store_true", help="list the experiments and exit")
     p.add_argument("--report-only", action="store_true",
                    help="run nothing: rebuild REPORT.md from the results already under --out "
@@ -98,6 +103,8 @@ def _main(argv: list[str] | None) -> int:
     if args.seed is not None and args.seed < 0:
         raise UsageError(f"--seed must be non-negative; got {args.seed}")
     threads = threads_from_env(args.threads)
+    if args.jobs is not None and args.jobs < 1:
+        raise UsageError(f"--jobs must be at least 1; got {args.jobs}")
     names = args.experiments or [n for n, e in REGISTRY.items() if e.in_lab]
     try:
         cfgs = configs_for(names, args.quick, args.seed, args.set)
@@ -124,18 +131,19 @@ def _main(argv: list[str] | None) -> int:
         print(f"smdlab: rebuilt {path} from the results under {out.root}")
         return 0
     start = time.perf_counter()
-    bar = tqdm(names, desc="smdlab", unit="exp")
-    for name in bar:
-        exp = REGISTRY[name]
+    jobs = max(1, min(args.jobs if args.jobs is not None else default_jobs(), len(names)))
+    prepare_shared(names, cfgs, out)
+    bar = tqdm(total=len(names), desc="smdlab", unit="exp")
+    for name, result, seconds in run_experiments(names, cfgs, out, jobs, threads):
         bar.set_postfix_str(name)
-        t0 = time.perf_counter()
-        result = exp.run(cfgs[name], out)
-        if exp.summarize is None:    # (the others rebuild their section from their result)
-            save_summary(result, out, time.perf_counter() - t0, args.quick)
+        bar.update()
+        if REGISTRY[name].summarize is None:    # (the others rebuild their section from their result)
+            save_summary(result, out, seconds, args.quick)
         write_report(out, command.strip())
+    bar.close()
     total = time.perf_counter() - start
-    print(f"smdlab: ran {len(names)} experiment(s) in {total:.0f} s with {threads} thread(s); "
-          f"report: {out.report}")
+    print(f"smdlab: ran {len(names)} experiment(s) in {total:.0f} s with {jobs} process(es) of "
+          f"{threads} thread(s); report: {out.report}")
     return 0
 
 

@@ -21,8 +21,11 @@ from pathlib import Path
 from ..provenance import REPO_ROOT, run_metadata, write_json
 
 SMOKE_STATUS = "not tested (smoke run)"
+#: The status of a verdict whose numbers come from a learned model that failed its convergence
+#: rule (:mod:`smdlab.convergence`): the reading it would have is kept in its evidence, not issued.
+UNCONVERGED_STATUS = "unconverged"
 VERDICTS = ("holds", "holds with qualification", "does not hold as stated", "not tested",
-            SMOKE_STATUS)
+            SMOKE_STATUS, UNCONVERGED_STATUS)
 
 
 def new_run_id() -> str:
@@ -96,6 +99,18 @@ class Verdict:
     def __post_init__(self):
         if self.status not in VERDICTS:
             raise ValueError(f"verdict status must be one of {VERDICTS}; got {self.status!r}")
+
+
+def gate_on_convergence(verdict: Verdict, unconverged: list[str]) -> Verdict:
+    """``verdict`` itself when every learned model it rests on converged, else the same row with
+    status "unconverged" and the reading it would have had (and the models' names) in front of
+    its evidence: a learned result counts only with its evidence."""
+    if not unconverged:
+        return verdict
+    return Verdict(verdict.claim, UNCONVERGED_STATUS,
+                   f"not judged: rests on {len(unconverged)} model(s) that failed the "
+                   f"convergence rule ({', '.join(unconverged)}); with them it would read "
+                   f"\"{verdict.status}\": {verdict.evidence}", verdict.figure)
 
 
 @dataclass

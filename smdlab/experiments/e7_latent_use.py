@@ -33,12 +33,20 @@ from ..kernels import BestGaussianKernel
 from ..local_error import local_errors
 from ..provenance import save_figure
 from ..sampling import chain_steps
-from .base import ExperimentResult, Outputs, Verdict, register, save_result
+from .base import ExperimentResult, Outputs, Verdict, gate_on_convergence, register, save_result
 from .toy_config import COLORS, LABELS, ToyEval, ToyModelSpec, ToyTarget, ToyZoo, toy_train_config
 from .toy_eval import fmt, mean_spread
 from .toy_zoo import toy_zoo, unconverged_note
 
 SMD_KINDS = ("smd-jensen", "smd-multisample", "smd-energy")
+
+
+def unconverged_models(models: dict, kinds=None, chains=None) -> list[str]:
+    """Names ("SMD-energy S=4 seed 1") of the models of ``kinds`` on ``chains`` (None: all) in a
+    zoo {(kind, S, seed_index): TrainedModel} that fail their convergence rule."""
+    return [f"{LABELS[k]} S={s} seed {i}" for (k, s, i), tm in sorted(models.items())
+            if (kinds is None or k in kinds) and (chains is None or s in chains)
+            and not tm.converged]
 
 
 @dataclass
@@ -101,10 +109,13 @@ def run(cfg: LatentUseConfig, out: Outputs) -> ExperimentResult:
     data["seconds"] = time.perf_counter() - t0
     json_path = save_result("e7", cfg, data, out)
     verdicts, headline = _verdicts(rows_by, {tag: S for tag, _, S in studies})
-    note = "".join(f" [{tag}{data[tag]['unconverged']}]" for tag in rows_by
-                   if data[tag]["unconverged"])
-    for v in verdicts:      # a verdict computed from unconverged models says so
-        v.evidence += note
+    # A verdict computed from unconverged models is not issued: only the models it rests on count.
+    uses = {"L1": ("smd-jensen",), "L2": ("smd-multisample", "smd-energy"), "C4": SMD_KINDS}
+    for i, v in enumerate(verdicts):
+        kinds = uses[v.claim.split(":")[0].split(" ")[0]]
+        bad = [f"{tag}: {name}" for tag in rows_by for k in kinds
+               for name in data[tag]["unconverged_models"].get(k, [])]
+        verdicts[i] = gate_on_convergence(v, bad)
     intro = ("Spread ratio = learned / true RMS spread of the step means over eta (0: the latent is "
              "ignored; 1: as much as the exact kernel). Sum M = local errors summed over the chain's "
              "jumps (nats; latent kernels use a log-mean-exp over a finite latent sample, biased "
@@ -175,6 +186,7 @@ def _study(tag, tzoo: ToyZoo, sizes: ToyEval, cfg: LatentUseConfig, S: int, out:
     rows["floor"] = rows.pop(floor.name)
     data = {"target": tag, "chain_steps": S, "jumps": pairs, "seeds": seeds,
             "unconverged": unconverged_note(zoo, S),
+            "unconverged_models": {k: unconverged_models(zoo, [k], [S]) for k in tzoo.kinds},
             "spread_training": spread_training, "spread_ratio": ratio, "local_error": local,
             "global_kl": gkl, "summary": rows,
             "estimator": {"n_points": cfg.n_points_local, "n_mc": cfg.n_mc,

@@ -1,0 +1,112 @@
+"""Run several experiments of the lab at once, each in its own process.
+
+``python -m smdlab`` is CPU-bound and most experiments are single-threaded, so on a 2-core machine
+two experiments side by side take about half the wall time of one after the other.  The order of
+work:
+
+1. :func:`prepare_shared` trains the shared toy models first, in this process (by
+   ``zoo.workers`` processes of one thread each, see :mod:`smdlab.experiments.toy_zoo`), so that
+   the experiments that use them (E6, E7, E8, E9) only reload them from the cache and no two
+   processes ever train the same model;
+2. :func:`run_experiments` runs the chosen experiments, ``jobs`` at a time, the longest first.
+   Each experiment runs in a fresh process (``max_tasks_per_child=1``) after the global random
+   states are reset, and the same reset precedes every experiment of a sequential run
+   (``jobs=1``): what an experiment computes does not depend on what ran before it or beside it.
+
+Results come back in the order they finish; the caller writes the summaries and the report (one
+writer, in the parent process).
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import random
+import time
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+
+import numpy as np
+import torch
+
+from .base import REGISTRY, Outputs
+
+# Wall seconds of each experiment in the last full run (one thread, toy models cached): the
+# longest start first so the processes finish together.  Unknown ones count as 60 s.
+EXPECTED_SECONDS = {"e9": 360, "e6": 200, "e2": 220, "e3": 170, "e4": 110, "e7": 100, "e5": 60,
+                    "e8": 60, "e1": 5}
+
+
+def default_jobs() -> int:
+    """The number of cores this process may use, at most 2 (the lab's measured machine)."""
+    try:
+        n = len(os.sched_getaffinity(0))
+    except AttributeError:      # (not on Linux)
+        n = os.cpu_count() or 1
+    return max(1, min(2, n))
+
+
+def reset_random_state(seed: int = 0) -> None:
+    """The global random states every experiment starts from (its own generators aside)."""
+    random.seed(seed)
+    np.random.seed(seed)  # noqa: NPY002  (the legacy global state is what unseeded code uses)
+    torch.manual_seed(seed)
+
+
+def prepare_shared(names, cfgs: dict, out: Outputs) -> None:
+    """Train (or reload) the toy models that the chosen experiments share, once, here."""
+    from .toy_config import ToyZoo
+    from .toy_zoo import toy_zoo
+
+    done = []
+    for name in names:
+        cfg = cfgs[name]
+        zoo = getattr(cfg, "zoo", None)
+        if not isinstance(zoo, ToyZoo):
+            continue
+        key = (repr(zoo), getattr(cfg, "seed", 0))
+        if key not in done:
+            done.append(key)
+            toy_zoo(zoo, out, getattr(cfg, "seed", 0))
+
+
+def run_one(name: str, cfg, out: Outputs):
+    """(result, wall seconds) of one experiment, from the reset random state."""
+    reset_random_state()
+    t0 = time.perf_counter()
+    result = REGISTRY[name].run(cfg, out)
+    return result, time.perf_counter() - t0
+
+
+def _run_in_child(name: str, cfg, out: Outputs, threads: int):
+    torch.set_num_threads(threads)
+    from .. import experiments  # noqa: F401  (fills the registry in the spawned process)
+    return run_one(name, cfg, out)
+
+
+def run_experiments(names, cfgs: dict, out: Outputs, jobs: int = 1, threads: int = 1):
+    """Yield (name, result, seconds) for each experiment in ``names`` as it finishes.
+
+    jobs=1 runs them here in the given order; jobs > 1 runs that many at once in spawned
+    processes with ``threads`` torch threads each, longest first.  An experiment that fails
+    stops the rest (those already finished keep their outputs) and its error is raised here.
+    """
+    if jobs <= 1 or len(names) <= 1:
+        for name in names:
+            result, seconds = run_one(name, cfgs[name], out)
+            yield name, result, seconds
+        return
+    order = sorted(names, key=lambda n: -EXPECTED_SECONDS.get(n, 60))
+    ctx = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx, max_tasks_per_child=1) as pool:
+        pending = {pool.submit(_run_in_child, n, cfgs[n], out, threads): n for n in order}
+        try:
+            while pending:
+                finished, _ = wait(pending, return_when=FIRST_COMPLETED)
+                for fut in finished:
+                    name = pending.pop(fut)
+                    result, seconds = fut.result()
+                    yield name, result, seconds
+        except BaseException:
+            for fut in pending:
+                fut.cancel()
+            raise
