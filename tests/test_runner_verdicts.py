@@ -80,3 +80,19 @@ def test_side_by_side_run_computes_what_a_sequential_one_does(tmp_path):
 def test_jobs_must_be_positive(capsys):
     assert lab_main(["--quick", "e1", "--jobs", "0"]) == 2
     assert "--jobs" in capsys.readouterr().err
+
+
+def _shares(values):
+    return {k: {2: {"in_mode_share": (v, 0.01)}} for k, v in values.items()}
+
+
+@pytest.mark.parametrize("values, status", [
+    ({"ddpm": 0.35, "smd-jensen": 0.80, "smd-energy": 0.9}, "holds"),
+    ({"ddpm": 0.35, "smd-jensen": 0.36, "smd-energy": 0.9}, "holds with qualification"),
+    ({"ddpm": 0.35, "smd-jensen": 0.36, "smd-energy": 0.34}, "does not hold as stated"),
+])
+def test_paper_toy_figure_reads_the_in_mode_shares(values, status):
+    from smdlab.experiments.e8_few_steps import figure2_verdict
+    refs = {"oracle_ddpm": {2: {"in_mode_share": 0.4}}, "exact": {2: {"in_mode_share": 0.99}}}
+    v = figure2_verdict(_shares(values), {}, refs, [2], 1000)
+    assert v.status == status and "oracle DDPM 0.4" in v.evidence
