@@ -71,7 +71,11 @@ class Recipe:
     (:func:`smdlab.objectives.step_probabilities`); fourier, fourier_scale: input Fourier
     features (0: raw coordinates); hidden, depth, time_dim: the backbone; latent_dim, noise_dim,
     gen_hidden: SMD's latent; n_samples: K (multisample) or M (energy); batch_size, lr,
-    warmup_steps, ema_decay: the optimisation.
+    warmup_steps, ema_decay, lr_schedule, lr_final, fused: the optimisation
+    (:class:`smdlab.training.TrainConfig`); energy_space: what the energy score compares
+    (:class:`smdlab.objectives.Objective`); final_variance: the variance of the jump to 0
+    (``"auto"``: ``"clipped"`` for DDPM, ``"data"`` = the narrowest component's variance for
+    SMD; see the module docstring).
     """
 
     t_sampling: str = "lognormal"
@@ -91,8 +95,17 @@ class Recipe:
     lr: float = 2e-3
     warmup_steps: int = 100
     ema_decay: float = 0.995
+    lr_schedule: str = "cosine"
+    lr_final: float = 0.05
+    fused: bool = True
+    energy_space: str = "kernel"
+    final_variance: str | float = "auto"
 
     def __post_init__(self):
+        if not (self.final_variance in ("auto", "clipped", "beta1", "data") or
+                (isinstance(self.final_variance, float) and self.final_variance > 0)):
+            raise ValueError(f"recipe.final_variance must be 'auto', 'data', 'clipped', 'beta1' "
+                             f"or a positive float; got {self.final_variance!r}")
         if self.t_sampling not in T_SAMPLINGS:
             raise ValueError(f"recipe.t_sampling must be one of {T_SAMPLINGS}; got "
                              f"{self.t_sampling!r}")
@@ -134,8 +147,9 @@ def build_kernel(dim: int, kind: str, chain: NoiseSchedule, recipe: Recipe = Rec
                             final_variance=final_variance)
         obj = k.removeprefix("smd_")
     n = {"jensen": 1, "multisample": max(r.n_samples, 1), "energy": max(r.n_samples, 2)}[obj]
+    extra = {"energy_space": r.energy_space} if obj == "energy" else {}
     objective = Objective(obj, chain, n_samples=n, t_sampling=r.t_sampling, p_mean=r.p_mean,
-                          p_std=r.p_std, uniform_share=r.uniform_share)
+                          p_std=r.p_std, uniform_share=r.uniform_share, **extra)
     return model, objective
 
 
@@ -175,9 +189,13 @@ def fit(target: GaussianMixture, kind: str = "ddpm", schedule: NoiseSchedule | N
     recipe = Recipe() if recipe is None else recipe
     if not isinstance(recipe, Recipe):
         raise TypeError(f"recipe must be a smdlab.fit.Recipe; got {type(recipe).__name__}")
-    # The narrowest component's variance on the jump to 0: the largest final variance under
-    # which a latent kernel can still be exact (see smdlab.denoisers).
-    final_variance = float(target.eigvals.min())
+    # SMD: the narrowest component's variance on the jump to 0, the largest final variance under
+    # which a latent kernel can still be exact (see smdlab.denoisers); DDPM: the clipped
+    # beta-tilde, its best (see the module docstring).
+    fv = recipe.final_variance
+    if fv == "auto":
+        fv = "clipped" if k == "ddpm" else "data"
+    final_variance = float(target.eigvals.min()) if fv == "data" else fv
     torch.manual_seed(seed)
     model, objective = build_kernel(target.D, k, schedule, recipe, final_variance)
     sample_target = target.to(dtype=torch.float32)
@@ -187,7 +205,8 @@ def fit(target: GaussianMixture, kind: str = "ddpm", schedule: NoiseSchedule | N
 
     config = TrainConfig(steps=steps, lr=recipe.lr, warmup_steps=min(recipe.warmup_steps, steps),
                          ema_decay=recipe.ema_decay, seed=seed, progress=progress,
-                         keep_checkpoints=1)
+                         keep_checkpoints=1, lr_schedule=recipe.lr_schedule,
+                         lr_final=recipe.lr_final, fused=recipe.fused)
     res = train(model, objective, data, config, run_dir=run_dir, callback=callback,
                 extra_config={"recipe": dataclasses.asdict(recipe), "kind": k,
                               "target": repr(target), "chain": schedule.original_steps.tolist()},

@@ -339,10 +339,11 @@ def test_refused_objects_never_suggest_unsafe_loading(tmp_path):
 
 def _cosine(steps):
     return TrainConfig(steps=steps, lr=3e-3, checkpoint_every=5, seed=4, ema_decay=0.9,
-                       warmup_steps=3, lr_schedule="cosine", lr_final=0.05, log_every=1)
+                       warmup_steps=3, lr_schedule="cosine", lr_final=0.05, log_every=1,
+                       fused=True)
 
 
-def test_cosine_schedule_decays_to_its_final_lr_and_resumes_bit_identically(tmp_path):
+def test_cosine_schedule_decays_to_its_final_lr_and_resumes_bit_identically_fused(tmp_path):
     ref = train(_model(), _loss, _data, _cosine(23), run_dir=tmp_path / "a")
     lrs = [e["lr"] for e in ref.log]
     assert lrs[:2] == pytest.approx([2e-3, 3e-3])    # the warm-up (lr of the next step)
@@ -383,7 +384,7 @@ def test_constant_lr_is_unchanged_and_old_checkpoints_without_the_new_fields_res
     train(_model(), _loss, _data, _derived(10), run_dir=tmp_path)
     path = latest_checkpoint(tmp_path)
     ck = load_checkpoint(path)
-    for k in ("lr_schedule", "lr_final"):
+    for k in ("lr_schedule", "lr_final", "fused"):
         del ck["config"][k]
     save_checkpoint(path, ck)
     assert train(_model(), _loss, _data, _derived(12), run_dir=tmp_path).resumed_from == 10

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import io
 import json
 import math
 import multiprocessing
@@ -41,11 +40,12 @@ from pathlib import Path
 
 import torch
 
+from ..checkpoints import load_checkpoint, save_checkpoint
 from ..convergence import DEFAULT_REL_TOL, LearningCurve, evaluation_steps
 from ..denoisers import GaussianDenoiser, SMDDenoiser
 from ..nets import VectorLatentGenerator, VectorMLP, count_parameters, matched_width
 from ..objectives import Objective
-from ..provenance import atomic_write_bytes, write_json
+from ..provenance import write_json
 from ..schedules import NoiseSchedule
 from ..training import train
 from .base import Outputs
@@ -100,7 +100,7 @@ def matched_hidden(zoo: ToyZoo) -> int:
 def build(zoo: ToyZoo, kind: str, chain: NoiseSchedule):
     """(model, objective) of a kind on a training chain."""
     m = zoo.model
-    p, fv, D = m.parameterization, zoo.final_variance(), zoo.target.dim
+    p, fv, D = m.parameterization, zoo.final_variance(kind), zoo.target.dim
     ts = dict(t_sampling=m.t_sampling, p_mean=m.p_mean, p_std=m.p_std,
               uniform_share=m.uniform_share)
     if kind in ("ddpm", "ddpm-matched"):
@@ -114,7 +114,8 @@ def build(zoo: ToyZoo, kind: str, chain: NoiseSchedule):
         model = SMDDenoiser(net, gen, chain, D, m.noise_dim, p, name=kind, final_variance=fv)
         obj = kind.removeprefix("smd-")
         n = {"jensen": 1, "multisample": m.n_multisample, "energy": m.n_energy}[obj]
-        return model, Objective(obj, chain, n_samples=n, **ts)
+        extra = {"energy_space": m.energy_space} if obj == "energy" else {}
+        return model, Objective(obj, chain, n_samples=n, **ts, **extra)
     raise ValueError(f"unknown model kind {kind!r}; choose one of {KINDS}")
 
 
@@ -155,9 +156,10 @@ def primary_metric(zoo: ToyZoo, S: int) -> str:
 
 
 @torch.no_grad()
-def curve_point(zoo: ToyZoo, kernel, chain: NoiseSchedule, seed: int) -> dict:
+def curve_point(zoo: ToyZoo, kernel, chain: NoiseSchedule, seed: int, kl: bool = True) -> dict:
     """One learning-curve evaluation of ``kernel`` against the exact target (fixed seed, its own
-    generator only: the training's random streams are untouched, so resume stays bit-identical).
+    generator only: the training's random streams are untouched, so resume stays bit-identical);
+    ``kl=False`` leaves out the grid KL (see :func:`kl_evaluations`).
     """
     from ..global_error import grid_global_error
     from ..local_error import mixture_log_prob
@@ -176,16 +178,28 @@ def curve_point(zoo: ToyZoo, kernel, chain: NoiseSchedule, seed: int) -> dict:
     point = {"in_mode_share": share, "in_mode_share_se": math.sqrt(max(share * (1 - share), 1e-12) / n),
              "nll_excess": float(ref.mean() - log_q.mean()),
              "nll_excess_se": float(math.sqrt((log_q.var() + ref.var()) / n))}
-    if chain.T <= 100 and zoo.target.dim == 2:
-        # A coarse grid is enough to follow the curve (the final score uses the evaluation's
-        # grid); its under-resolution warning is recorded as kl_resolved instead of printed.
+    if kl and chain.T <= 100 and zoo.target.dim == 2:
+        # The evaluation's grid (curve_grid^2 nodes, curve_latent latent draws per node, no
+        # refinement: a bounded cost), so that the curve follows the model, not the estimator;
+        # its under-resolution warning is recorded as kl_resolved instead of printed.
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)
-            res = grid_global_error(mix, kernel, chain, n_grid=zoo.curve_grid, n_latent=4,
-                                    generator=g)
+            res = grid_global_error(mix, kernel, chain, n_grid=zoo.curve_grid,
+                                    n_latent=zoo.curve_latent, generator=g, refine=False)
         point["kl_resolved"] = float(bool(res.get("resolved", True)))
         point["kl"] = float(res["kl"])          # inf: no mass where q lives (never converged)
     return point
+
+
+def kl_evaluations(zoo: ToyZoo, kind: str, eval_steps) -> set:
+    """The evaluation steps at which the grid KL is computed: every one for the Gaussian kinds
+    (a grid push of one Gaussian per node is cheap), the last ``zoo.curve_kl_last`` for the SMD
+    kinds, whose push costs ``curve_latent`` Gaussians per node (the convergence rule reads only
+    its window of final evaluations; 0: every evaluation)."""
+    steps = sorted(eval_steps)
+    if not kind.startswith("smd-") or zoo.curve_kl_last <= 0:
+        return set(steps)
+    return set(steps[-zoo.curve_kl_last:])
 
 
 def train_one(zoo: ToyZoo, kind: str, S: int, seed: int, models_dir: Path) -> TrainedModel:
@@ -201,6 +215,7 @@ def train_one(zoo: ToyZoo, kind: str, S: int, seed: int, models_dir: Path) -> Tr
     steps = zoo.train.steps
     snap_steps = sorted({max(1, round(f * steps)) for f in zoo.snapshots})
     eval_steps = set(evaluation_steps(steps, zoo.n_evals)) if zoo.n_evals and steps else set()
+    kl_steps = kl_evaluations(zoo, kind, eval_steps)
     curve_path = run_dir / "curve.json"
     primary = primary_metric(zoo, S)
     curve = LearningCurve(primary, rel_tol=0.05 if primary == "kl" else DEFAULT_REL_TOL)
@@ -219,13 +234,11 @@ def train_one(zoo: ToyZoo, kind: str, S: int, seed: int, models_dir: Path) -> Tr
             was = ema.training
             ema.eval()
             curve.points = [p for p in curve.points if p["step"] < step]
-            curve.add(step, curve_point(zoo, ema, chain, 400 + tseed))
+            curve.add(step, curve_point(zoo, ema, chain, 400 + tseed, kl=step in kl_steps))
             ema.train(was)
             write_json(curve_path, curve.to_dict())
         if step in snap_steps:
-            buf = io.BytesIO()
-            torch.save(ema.state_dict(), buf)
-            atomic_write_bytes(run_dir / f"snap_{step:08d}.pt", buf.getvalue())
+            save_snapshot(run_dir / f"snap_{step:08d}.pt", ema, step)
 
     tc = dataclasses.replace(zoo.train, seed=tseed)
     res = train(model, objective, data, tc, run_dir=run_dir, callback=on_step,
@@ -241,11 +254,24 @@ def train_one(zoo: ToyZoo, kind: str, S: int, seed: int, models_dir: Path) -> Tr
             snaps[step] = kernel
         elif path.exists():
             k, _ = build(zoo, kind, chain)
-            k.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+            k.load_state_dict(load_snapshot(path))
             k.eval()
             snaps[step] = k
     return TrainedModel(kind, S, seed, kernel, key, snaps, res.log, count_parameters(kernel),
                         seconds, res.resumed_from == steps, run_dir, curve)
+
+
+def save_snapshot(path: Path, ema, step: int) -> Path:
+    """Write the EMA weights at ``step`` in the checksummed envelope of
+    :mod:`smdlab.checkpoints` (atomic; verified on load)."""
+    return save_checkpoint(path, {"step": int(step), "model": ema.state_dict(),
+                                  "config": {"snapshot": True}})
+
+
+def load_snapshot(path: Path) -> dict:
+    """The EMA state dict of a snapshot; a corrupt file (or a raw torch.save of an older
+    smdlab) is a :class:`~smdlab.checkpoints.CheckpointError` naming it."""
+    return load_checkpoint(path)["model"]
 
 
 def _training_seconds(run_dir: Path, res) -> float:
