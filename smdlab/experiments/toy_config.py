@@ -61,10 +61,14 @@ class ToyModelSpec:
 
     hidden, depth, time_dim: the :class:`~smdlab.nets.VectorMLP` backbone; latent_dim, inner_dim,
     conditioning: SMD's latent conditioning; noise_dim, gen_hidden: SMD's latent generator (eta
-    has noise_dim entries); parameterization: eps, x0 or v; final_variance: the variance of the
-    jump to 0 (``"data"`` = std^2 of the target's modes, or ``"beta1"``/``"clipped"``, see
-    :mod:`smdlab.denoisers`); n_multisample (K), n_energy (M): latent draws per example of those
-    objectives; fourier, fourier_scale: input Fourier features of the backbone
+    has noise_dim entries); parameterization: eps, x0 or v; final_variance,
+    smd_final_variance: the variance of the jump to 0 of the Gaussian kinds (and the oracle
+    DDPM) and of the SMD kinds (``"data"`` = std^2 of the target's modes, or
+    ``"beta1"``/``"clipped"``, see :mod:`smdlab.denoisers`; why "clipped" and "data":
+    :mod:`.toy_zoo`); n_multisample (K), n_energy (M): latent draws per example of those
+    objectives; energy_space: what the energy score compares (``"kernel"``: the kernel's
+    samples, ``"x0"``: the clean-point predictions, see :mod:`smdlab.objectives`);
+    fourier, fourier_scale: input Fourier features of the backbone
     (:class:`smdlab.nets.FourierFeatures`); t_sampling, p_mean, p_std, uniform_share: the density
     of trained jumps (:func:`smdlab.objectives.step_probabilities`).  The defaults are the
     measured recipe of :mod:`smdlab.fit`.
@@ -95,10 +99,15 @@ class ToyModelSpec:
 def toy_train_config(**changes) -> TrainConfig:
     """The toy's optimisation defaults (the per-model seed is set by the zoo).
 
-    2000 steps: the largest count for which the whole zoo (45 models) fits the main job's
-    20-minute budget on the 2-core machine (measured per-step cost, two workers 1.82x; issue 10).
-    A 3000-step run of DDPM, SMD-jensen and SMD-energy showed DDPM and SMD-jensen on 1000 steps
-    flat from ~1500 steps, SMD-energy still rising (0.87 at 1875, 0.93 at 3000): its curves say so.
+    800 steps of batch 256, lr 2e-3 with a 100-step warm-up and a cosine decay to 5% of it,
+    fused AdamW, EMA 0.995 (issue 10, ``benchmarks/bench_recipes.py``; numbers in
+    :mod:`smdlab.fit` and ``benchmarks/results/bench_zoo_recipe.json``).  A learned DDPM on the
+    1000-step chain reached an in-mode share of 0.895 after 600 cosine steps, 0.967 after 1000
+    (the oracle DDPM: 0.965; constant lr, 2000 steps: 0.943).  The count is set by the speed
+    budget: the zoo's 45 models must train in <= 800 single-thread seconds (curves included);
+    per-step costs (ms, batch 256, one thread, measured under load): DDPM 10.7, matched DDPM
+    9.6, SMD-jensen 16.2, SMD-energy 22.6, SMD-multisample 33.8 (fused AdamW saves ~1.5 ms;
+    batch 1024 costs 1.8-3.2x a step of 256, so larger batches buy little per second).
     """
     base = dict(steps=800, lr=2e-3, ema_decay=0.995, warmup_steps=100, keep_checkpoints=1,
                 progress=False, lr_schedule="cosine", lr_final=0.05, fused=True)
