@@ -6,6 +6,16 @@ NLL excess under q (and the grid global KL on chains of <= 100 steps).  Writes a
 to stdout and ``benchmarks/results/bench_recipes.json``.
 
     OMP_NUM_THREADS=1 python benchmarks/bench_recipes.py --steps 2000 --seeds 2
+
+``--zoo NAME ...`` instead trains the toy zoo's own models (:func:`smdlab.experiments.toy_zoo.
+train_one`: its learning curve and convergence rule included) under named zoo recipes
+(:data:`ZOO_RECIPES`) for ``--kinds`` (zoo names) x ``--chains`` x ``--seeds``, one thread, and
+reports per model the training seconds (curve evaluations included), whether the curve passed
+the rule, and the final score: the grid KL on 64^2 nodes with 32 latent draws (chains of <= 100
+steps) or the in-mode share of 1000 samples::
+
+    OMP_NUM_THREADS=1 python benchmarks/bench_recipes.py --zoo chosen --kinds all \
+        --chains 4 10 1000 --seeds 1 --out benchmarks/results/bench_zoo_recipe.json
 """
 
 from __future__ import annotations
@@ -34,6 +44,75 @@ RECIPES = {
 }
 
 
+# Zoo recipes: changes to ToyZoo (``train`` changes its TrainConfig, ``model`` its ToyModelSpec).
+ZOO_RECIPES = {
+    "chosen": {},
+    "old (constant lr, 2000 steps, data final variance)": {
+        "train": {"steps": 2000, "lr_schedule": "constant", "fused": False},
+        "model": {"final_variance": "data", "energy_space": "x0"}},
+    "cosine 1000": {"train": {"steps": 1000}},
+    "cosine 600": {"train": {"steps": 600}},
+}
+
+
+def zoo_main(a):
+    import tempfile
+    import warnings
+
+    from smdlab.experiments import toy_zoo
+    from smdlab.experiments.toy_config import KINDS, ToyZoo
+    from smdlab.metrics import mode_statistics
+
+    kinds = list(KINDS) if a.kinds == ["all"] else a.kinds
+    rows = []
+    for name in a.zoo:
+        rec = ZOO_RECIPES[name]
+        base = ToyZoo()
+        zoo = dataclasses.replace(
+            base, **rec.get("zoo", {}),
+            train=dataclasses.replace(base.train, **rec.get("train", {})),
+            model=dataclasses.replace(base.model, **rec.get("model", {})))
+        models = Path(tempfile.mkdtemp(prefix="bench_zoo_"))
+        for S in a.chains:
+            for kind in kinds:
+                for seed in range(a.seeds):
+                    tm = toy_zoo.train_one(zoo, kind, S, seed, models)
+                    mix, chain = zoo.target.mixture(), zoo.chain(S)
+                    _, v, _ = tm.curve.series(tm.curve.primary)
+                    row = {"recipe": name, "kind": kind, "S": S, "seed": seed,
+                           "steps": zoo.train.steps, "batch": zoo.batch_size,
+                           "train_seconds": tm.seconds, "converged": tm.converged,
+                           "primary": tm.curve.primary, "curve": v}
+                    g = torch.Generator().manual_seed(7 + seed)
+                    if S <= 100:
+                        with warnings.catch_warnings():
+                            warnings.simplefilter("ignore", RuntimeWarning)
+                            r = grid_global_error(mix, tm.kernel, chain, n_grid=64,
+                                                  n_latent=32, generator=g, refine=False)
+                        row["kl"] = float(r["kl"])
+                    else:
+                        x = ancestral_sample(tm.kernel, torch.randn(a.n, 2, generator=g,
+                                                                    dtype=torch.float64),
+                                             chain, generator=g)
+                        row["in_mode_share"] = float(mode_statistics(mix, x)["in_mode_share"])
+                    rows.append(row)
+                    print({k: v for k, v in row.items() if k != "curve"}, flush=True)
+    print("\n| recipe | kind | chain | seed | train s | converged | final score |")
+    print("|---|---|---|---|---|---|---|")
+    for r in rows:
+        score = f"KL {r['kl']:.3f}" if "kl" in r else f"in-mode {r['in_mode_share']:.3f}"
+        print(f"| {r['recipe']} | {r['kind']} | {r['S']} | {r['seed']} | "
+              f"{r['train_seconds']:.1f} | {'yes' if r['converged'] else 'no'} | {score} |")
+    total = {}
+    for r in rows:
+        total[r["recipe"]] = total.get(r["recipe"], 0.0) + r["train_seconds"]
+    print("\nsum of train seconds per recipe:", {k: round(v, 1) for k, v in total.items()})
+    out = Path(a.out)
+    write_json(out, {"args": vars(a), "zoo_recipes": {n: ZOO_RECIPES[n] for n in a.zoo},
+                     "rows": rows, "train_seconds_total": total})
+    print(f"\nwrote {out}")
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--steps", type=int, default=2000)
@@ -43,8 +122,12 @@ def main(argv=None):
     ap.add_argument("--kinds", nargs="+", default=["ddpm"])
     ap.add_argument("--recipes", nargs="+", default=list(RECIPES))
     ap.add_argument("--out", default="benchmarks/results/bench_recipes.json")
+    ap.add_argument("--zoo", nargs="+", choices=list(ZOO_RECIPES), default=None,
+                    help="train the zoo's models (toy_zoo.train_one) under these zoo recipes")
     a = ap.parse_args(argv)
     torch.set_num_threads(1)
+    if a.zoo:
+        return zoo_main(a)
     q = GaussianMixture.grid(7, 0.5, 0.05)
     root = NoiseSchedule.linear(1000)
     rows = []

@@ -20,8 +20,9 @@ samplers of :mod:`smdlab.sampling` sample it like any other jump (one final-jump
   * ``"clipped"``: :meth:`NoiseSchedule.kernel_variance`, the improved-DDPM clip to the variance of
     the jump above (the error lab's convention for its best-Gaussian kernels); on a 4-step linear
     chain that is a variance of about 0.4, which blurs whatever the kernel predicts.
-  * a positive float: that variance (E6-E8 use the data's within-mode variance, the largest final
-    variance under which a latent kernel can still be exact; images may take a tiny one).
+  * a positive float: that variance (E6-E8's SMD kernels use the data's within-mode variance, the
+    largest final variance under which a latent kernel can still be exact, and their DDPMs
+    ``"clipped"``, see :mod:`smdlab.experiments.toy_zoo`; images may take a tiny one).
 
 The SMD kernel (SMD.md, "Soft mixture denoising") draws eta ~ N(0, I) (shape ``eta_shape``), makes
 z = gen(x_t, eta, t) and evaluates the backbone with z, so the step is the continuous mixture

@@ -30,6 +30,15 @@ forward process, (x_s, x_t) ~ q.
     energy score is strictly proper, so its minimiser makes x0_hat(x_t, z(eta)) with eta ~ N(0, I)
     a sample of q(x_0 | x_t); the reverse kernel q(x_s | x_t, x0_hat) then is q(x_s | x_t) for any
     jump (De Bortoli et al. 2025, distributional diffusion).
+    The kernel adds its own noise to x0_hat: on a jump t -> s > 0 it is the posterior's
+    beta-tilde, the same Gaussian the data's x_s carries, and matching q(x_0 | x_t) matches
+    q(x_s | x_t); on the jump to 0, however, the data carry none and the kernel adds its final
+    variance, so a model trained on x0 (``energy_space="x0"``, the score as published) blurs
+    twice there: its x0_hat already spreads over each mode's width, and the final variance
+    (the data's within-mode variance in E6-E8) is added on top.  ``energy_space="kernel"``
+    scores the kernel's own samples instead, x0_hat + sqrt(final variance) xi on that jump
+    (the other jumps' common noise is left out of both sides), so the minimiser is the kernel
+    whose final jump, noise included, is q(x_0 | x_t).
 
 Likelihood weighting.  The per-example loss -log p is multiplied by w = 2 s2 / (c0^2 D) and its
 x-independent constant dropped: a positive weight per step does not move any step's minimiser,
@@ -49,6 +58,7 @@ from .schedules import NoiseSchedule
 from .training import unwrap
 
 OBJECTIVES = ("jensen", "multisample", "energy")
+ENERGY_SPACES = ("x0", "kernel")
 T_SAMPLINGS = ("uniform", "lognormal")
 
 
@@ -97,11 +107,14 @@ class Objective:
             ``"likelihood"`` (the weighted Jensen bound; equals ``multisample`` with K = 1).
         t_sampling, p_mean, p_std, uniform_share: how the trained jump is drawn, see
             :func:`step_probabilities` (``"uniform"`` draws every jump equally often).
+        energy_space: for ``energy``: ``"x0"`` (the score of the clean-point predictions) or
+            ``"kernel"`` (the score of the kernel's own samples: on the jump to 0 the
+            predictions carry the kernel's final variance, see the module docstring).
     """
 
     def __init__(self, kind: str, chain: NoiseSchedule, n_samples: int = 1,
                  weighting: str = "simple", t_sampling: str = "uniform", p_mean: float = -1.2,
-                 p_std: float = 1.2, uniform_share: float = 0.3):
+                 p_std: float = 1.2, uniform_share: float = 0.3, energy_space: str = "x0"):
         if kind not in OBJECTIVES:
             raise ValueError(f"unknown objective {kind!r}; choose one of {OBJECTIVES}")
         if kind == "multisample" and n_samples < 1:
@@ -111,7 +124,10 @@ class Objective:
                              f"{n_samples}")
         if weighting not in ("simple", "likelihood"):
             raise ValueError(f"unknown weighting {weighting!r}; choose 'simple' or 'likelihood'")
+        if energy_space not in ENERGY_SPACES:
+            raise ValueError(f"unknown energy_space {energy_space!r}; choose one of {ENERGY_SPACES}")
         self.kind, self.chain, self.n_samples, self.weighting = kind, chain, n_samples, weighting
+        self.energy_space = energy_space
         self._steps = chain.original_steps.clone()
         self.t_sampling = t_sampling
         self.t_params = {"p_mean": p_mean, "p_std": p_std, "uniform_share": uniform_share}
@@ -120,6 +136,8 @@ class Objective:
     def describe(self) -> dict:
         d = {"kind": self.kind, "chain": self.chain.name, "n_samples": self.n_samples,
              "weighting": self.weighting, "t_sampling": self.t_sampling}
+        if self.kind == "energy":
+            d["energy_space"] = self.energy_space
         if self.t_sampling != "uniform":
             d.update(self.t_params)
         return d
@@ -152,7 +170,8 @@ class Objective:
             loss = (out - den.regression_target(x0, eps, t)).square().flatten(1).mean(1)
             return loss.mean(), {}
         if self.kind == "energy":
-            return _energy(model, den, x0, x_t, t, self.n_samples, generator)
+            return _energy(model, den, x0, x_t, t, s, self.n_samples, generator,
+                           self.energy_space == "kernel")
         K = 1 if self.kind == "jensen" else self.n_samples
         return _multisample(model, den, x0, x_t, t, s, K, generator)
 
@@ -185,13 +204,19 @@ def _multisample(model, den, x0, x_t, t, s, K, generator):
     return loss, {}
 
 
-def _energy(model, den, x0, x_t, t, M, generator):
-    """The energy score of M clean-point predictions per example."""
+def _energy(model, den, x0, x_t, t, s, M, generator, kernel_space=False):
+    """The energy score of M clean-point predictions per example (with ``kernel_space``, of the
+    kernel's samples: the jump to 0 adds its final-variance noise to each prediction)."""
     N, D = x0.shape[0], x0[0].numel()
     xr = x_t.repeat_interleave(M, 0)
     tr = t.repeat_interleave(M, 0)
     eta = _eta(den, N * M, generator, x0)
     x0_hat = den.x0_from_output(model(xr, tr, eta).to(x0.dtype), xr, tr).reshape(N, M, D)
+    if kernel_space and bool((s == 0).any()):
+        var = den.step_coefficients(t, s)[2].to(x0.dtype)
+        sd = torch.where(s == 0, var.sqrt(), torch.zeros_like(var))[:, None, None]
+        noise = torch.randn(x0_hat.shape, generator=generator, dtype=x0.dtype, device=x0.device)
+        x0_hat = x0_hat + sd * noise
     target = x0.reshape(N, 1, D)
     fit = _norm(x0_hat - target).mean(1)
     pair = _norm(x0_hat[:, :, None] - x0_hat[:, None, :])            # (N, M, M), zero diagonal

@@ -146,3 +146,19 @@ def test_fourier_features_keep_the_coordinates():
     assert torch.allclose(y[:, 3:15] ** 2 + y[:, 15:] ** 2, torch.ones(5, 12))
     with pytest.raises(ValueError, match="n_freq"):
         FourierFeatures(2, 0)
+
+
+def test_recipe_final_variance_and_schedule_defaults():
+    q = GaussianMixture.two_modes(2.0, 0.1)
+    chain = ROOT.respace(4)
+    ddpm = fit(q, "ddpm", chain, steps=5, recipe=SMALL)
+    smd = fit(q, "smd_energy", chain, steps=5, recipe=SMALL)
+    assert ddpm.final_variance == "clipped"
+    assert smd.final_variance == pytest.approx(float(q.eigvals.min()))
+    # the cosine decays to lr_final * lr on the last step
+    assert ddpm.training_record["log"][-1]["lr"] == pytest.approx(SMALL.lr * SMALL.lr_final)
+    fixed = fit(q, "ddpm", chain, steps=5, recipe=Recipe(**{**SMALL.__dict__,
+                                                            "final_variance": 0.5}))
+    assert fixed.final_variance == 0.5
+    with pytest.raises(ValueError, match="final_variance"):
+        Recipe(final_variance="wide")

@@ -166,3 +166,28 @@ def test_latent_objectives_separate_two_modes_with_two_steps():
 @pytest.mark.slow
 def test_latent_objectives_separate_two_modes_more_seeds():
     _check_hypothesis([1, 2])
+
+
+def test_energy_in_kernel_space_adds_the_final_variance_only_on_the_jump_to_0():
+    chain = ROOT.respace(4)
+    smd = _smd(chain)
+    smd.final_variance = 0.01
+    x0 = torch.randn(256, 2, generator=torch.Generator().manual_seed(0))
+
+    def loss(space, only_last):
+        obj = Objective("energy", chain, n_samples=2, energy_space=space)
+        if only_last is not None:       # every drawn jump is the last one / none is
+            obj._probs = torch.zeros(4, dtype=torch.float64)
+            obj._probs[0 if only_last else 3] = 1.0
+            obj.t_sampling = "lognormal"
+        return obj(smd, x0, torch.Generator().manual_seed(3))[0]
+
+    # above the last jump both spaces draw the same numbers and score the same predictions
+    assert torch.equal(loss("x0", False), loss("kernel", False))
+    # on the jump to 0 the kernel's samples carry sqrt(final variance) noise: another loss,
+    # which tends to the x0-space one as that variance vanishes
+    assert not torch.allclose(loss("kernel", True), loss("x0", True), atol=1e-3)
+    smd.final_variance = 1e-14
+    assert torch.allclose(loss("kernel", True), loss("x0", True), atol=1e-5)
+    with pytest.raises(ValueError, match="energy_space"):
+        Objective("energy", chain, n_samples=2, energy_space="x_s")

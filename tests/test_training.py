@@ -335,3 +335,56 @@ def test_refused_objects_never_suggest_unsafe_loading(tmp_path):
     msg = str(err.value)
     assert str(path) in msg and "never unpickles" in msg
     assert "weights_only" not in msg and "can still be loaded" not in msg
+
+
+def _cosine(steps):
+    return TrainConfig(steps=steps, lr=3e-3, checkpoint_every=5, seed=4, ema_decay=0.9,
+                       warmup_steps=3, lr_schedule="cosine", lr_final=0.05, log_every=1,
+                       fused=True)
+
+
+def test_cosine_schedule_decays_to_its_final_lr_and_resumes_bit_identically_fused(tmp_path):
+    ref = train(_model(), _loss, _data, _cosine(23), run_dir=tmp_path / "a")
+    lrs = [e["lr"] for e in ref.log]
+    assert lrs[:2] == pytest.approx([2e-3, 3e-3])    # the warm-up (lr of the next step)
+    assert all(b <= a for a, b in zip(lrs[2:], lrs[3:]))                # then only down
+    assert lrs[-1] == pytest.approx(0.05 * 3e-3)                        # to lr_final * lr
+    with pytest.raises(_Stop):
+        train(_model(), _loss, _data, _cosine(23), run_dir=tmp_path / "b", callback=_stop_at(13))
+    res = train(_model(seed=99), _loss, _data, _cosine(23), run_dir=tmp_path / "b")
+    assert res.resumed_from == 10 and res.step == 23 and res.log == ref.log
+    for key in ("model", "ema"):
+        a, b = getattr(ref, key).state_dict(), getattr(res, key).state_dict()
+        for name in a:
+            assert torch.equal(a[name], b[name]), (key, name)
+
+
+def test_changing_steps_under_a_cosine_schedule_is_refused(tmp_path):
+    train(_model(), _loss, _data, _cosine(20), run_dir=tmp_path)
+    for steps in (30, 10):
+        with pytest.raises(CheckpointError, match=r"steps: checkpoint has 20.*depends on the "
+                                                  r"total number of steps"):
+            train(_model(), _loss, _data, _cosine(steps), run_dir=tmp_path)
+    # the same steps is a no-op resume; a constant-lr run still extends (test above)
+    assert train(_model(), _loss, _data, _cosine(20), run_dir=tmp_path).resumed_from == 20
+
+
+def test_constant_lr_is_unchanged_and_old_checkpoints_without_the_new_fields_resume(tmp_path):
+    from smdlab.training import lr_factor
+
+    cfg = TrainConfig(steps=10, warmup_steps=4)
+    assert [lr_factor(k, cfg) for k in range(6)] == [0.25, 0.5, 0.75, 1.0, 1.0, 1.0]
+    with pytest.raises(ValueError, match="lr_schedule"):
+        TrainConfig(lr_schedule="linear")
+    with pytest.raises(ValueError, match="lr_final"):
+        TrainConfig(lr_schedule="cosine", lr_final=1.5)
+    # a checkpoint written before lr_schedule/lr_final existed (constant lr) resumes
+    from smdlab.checkpoints import save_checkpoint
+
+    train(_model(), _loss, _data, _derived(10), run_dir=tmp_path)
+    path = latest_checkpoint(tmp_path)
+    ck = load_checkpoint(path)
+    for k in ("lr_schedule", "lr_final", "fused"):
+        del ck["config"][k]
+    save_checkpoint(path, ck)
+    assert train(_model(), _loss, _data, _derived(12), run_dir=tmp_path).resumed_from == 10

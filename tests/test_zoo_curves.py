@@ -7,7 +7,12 @@ import torch
 
 from smdlab.convergence import evaluation_steps
 from smdlab.experiments.toy_config import ToyModelSpec, ToyZoo, toy_train_config
-from smdlab.experiments.toy_zoo import primary_metric, train_one, unconverged_note
+from smdlab.experiments.toy_zoo import (
+    kl_evaluations,
+    primary_metric,
+    train_one,
+    unconverged_note,
+)
 
 
 def _zoo(n_evals):
@@ -15,17 +20,20 @@ def _zoo(n_evals):
                   model=ToyModelSpec(hidden=16, time_dim=8, gen_hidden=8, latent_dim=4,
                                      noise_dim=2, inner_dim=4),
                   train=toy_train_config(steps=12, warmup_steps=2), batch_size=32,
-                  snapshots=(1.0,), n_evals=n_evals, curve_samples=30, curve_grid=12, workers=1)
+                  snapshots=(1.0,), n_evals=n_evals, curve_samples=30, curve_grid=12,
+                  curve_latent=2, workers=1)
 
 
 def test_curves_have_the_planned_points_and_reload(tmp_path):
     zoo = _zoo(4)
     for kind, S in (("ddpm", 200), ("smd-energy", 4)):
         tm = train_one(zoo, kind, S, 0, tmp_path)
-        steps, v, se = tm.curve.series(tm.curve.primary)
-        assert steps == evaluation_steps(12, 4) == [3, 6, 9, 12]
+        assert [p["step"] for p in tm.curve.points] == evaluation_steps(12, 4) == [3, 6, 9, 12]
         assert tm.curve.primary == primary_metric(zoo, S) == ("kl" if S == 4 else "in_mode_share")
-        assert ("kl" in tm.curve.points[0]) == (S <= 100)
+        # the grid KL: at every evaluation of a Gaussian kind, at the rule's window (the last
+        # curve_kl_last = 3) of an SMD kind, never on a long chain
+        with_kl = [p["step"] for p in tm.curve.points if "kl" in p]
+        assert with_kl == ([] if S > 100 else [3, 6, 9, 12] if kind == "ddpm" else [6, 9, 12])
         assert all(0 <= p["in_mode_share"] <= 1 for p in tm.curve.points)
         assert (tm.run_dir / "curve.json").is_file()
         again = train_one(zoo, kind, S, 0, tmp_path)        # a reload, not a retraining
@@ -56,3 +64,35 @@ def test_a_model_trained_by_a_worker_process_equals_one_trained_here(tmp_path):
         assert there.curve.points == here.curve.points
         for x, y in zip(here.kernel.state_dict().values(), there.kernel.state_dict().values()):
             assert torch.equal(x, y)
+
+
+def test_snapshots_are_checksummed_and_a_corrupt_one_is_a_clear_error(tmp_path):
+    import pytest
+
+    from smdlab.checkpoints import CheckpointError
+    from smdlab.experiments.toy_zoo import clear_memory_cache, load_snapshot
+
+    zoo = dataclasses.replace(_zoo(0), snapshots=(0.5, 1.0))
+    tm = train_one(zoo, "ddpm", 4, 0, tmp_path)
+    snap = tm.run_dir / "snap_00000006.pt"
+    assert set(load_snapshot(snap)) == set(tm.snapshots[6].state_dict())
+    # flip one byte in the middle of the file (inside the stored weights)
+    raw = bytearray(snap.read_bytes())
+    raw[len(raw) // 2] ^= 0xFF
+    snap.write_bytes(bytes(raw))
+    clear_memory_cache()
+    with pytest.raises(CheckpointError, match="snap_00000006.pt"):
+        train_one(zoo, "ddpm", 4, 0, tmp_path)
+    # a raw torch.save of the weights (an older smdlab) cannot be verified: refused too
+    torch.save(tm.kernel.state_dict(), snap)
+    with pytest.raises(CheckpointError, match="snap_00000006.pt"):
+        load_snapshot(snap)
+
+
+def test_kl_evaluations_spend_the_latent_grid_on_the_rules_window():
+    zoo = _zoo(8)
+    steps = evaluation_steps(80, 8)
+    assert kl_evaluations(zoo, "ddpm-matched", steps) == set(steps)
+    assert kl_evaluations(zoo, "smd-jensen", steps) == set(steps[-3:])
+    assert kl_evaluations(dataclasses.replace(zoo, curve_kl_last=0), "smd-energy", steps) == \
+        set(steps)
