@@ -88,7 +88,7 @@ def two_modes_zoo(cfg: LatentUseConfig) -> tuple[ToyZoo, ToyEval]:
                                         warmup_steps=0, progress=cfg.zoo.train.progress),
                  batch_size=256, chains=(2,), kinds=("ddpm", *SMD_KINDS),
                  n_seeds=cfg.zoo.n_seeds, seed_chains=(2,), snapshots=(0.2, 0.5, 1.0),
-                 workers=cfg.zoo.workers)
+                 workers=cfg.zoo.workers, kind_steps=())
     return zoo, ToyEval(n_eval=cfg.eval.n_eval, n_grid=512, n_latent=cfg.eval.n_latent)
 
 
@@ -146,7 +146,6 @@ def _study(tag, tzoo: ToyZoo, sizes: ToyEval, cfg: LatentUseConfig, S: int, out:
                     for t, s in pairs]
             spread_training[kind][step] = {"learned": [v[0] for v in vals],
                                            "true": [v[1] for v in vals]}
-    final_step = tzoo.train.steps
     ratio = {}
     for kind in kinds:
         ratio[kind] = []
@@ -196,10 +195,10 @@ def _study(tag, tzoo: ToyZoo, sizes: ToyEval, cfg: LatentUseConfig, S: int, out:
     xs = np.arange(len(pairs))
     labels = [f"{t}->{s}" for t, s in pairs]
     ax = axes[0]
-    ax.plot(xs, spread_training[kinds[0]][final_step]["true"], "k--", marker="o",
+    ax.plot(xs, spread_training[kinds[0]][zoo[kinds[0], S, 0].steps]["true"], "k--", marker="o",
             label="true posterior (component means)")
     for kind in kinds:
-        ax.plot(xs, spread_training[kind][final_step]["learned"], marker="o", color=COLORS[kind],
+        ax.plot(xs, spread_training[kind][zoo[kind, S, 0].steps]["learned"], marker="o", color=COLORS[kind],
                 label=LABELS[kind])
     ax.set_xticks(xs, labels)
     ax.set_xlabel("jump t -> s (root steps)")

@@ -88,6 +88,7 @@ class TrainedModel:
     cached: bool = False
     run_dir: Path | None = None
     curve: LearningCurve | None = None
+    steps: int = 0                                    # training steps of these weights
 
     @property
     def converged(self) -> bool:
@@ -141,20 +142,25 @@ _NOT_DEFINING = ("seed", "progress", "keep_checkpoints", "checkpoint_every")
 _NOT_MODEL = ("chains", "kinds", "n_seeds", "seed_chains", "workers")
 
 
-def model_fields(zoo: ToyZoo) -> dict:
+def model_fields(zoo: ToyZoo, kind: str | None = None) -> dict:
     """The settings that define a trained model of ``zoo`` (its chains, kinds and seed counts
-    only say which models exist, so they stay out)."""
+    only say which models exist, so they stay out); with ``kind``, its own step count
+    (:meth:`ToyZoo.steps_for`) replaces ``train.steps`` and ``kind_steps`` goes, so a change
+    of another kind's steps keeps this kind's models."""
     d = dataclasses.asdict(zoo)
     for k in _NOT_MODEL:
         d.pop(k)
     for k in _NOT_DEFINING:
         d["train"].pop(k)
+    if kind is not None:
+        d.pop("kind_steps", None)
+        d["train"]["steps"] = zoo.steps_for(kind)
     return d
 
 
 def model_key(zoo: ToyZoo, kind: str, S: int, seed: int) -> str:
     """A content key of one model: a hash of :func:`model_fields`, the kind, chain and seed."""
-    blob = json.dumps({"model": model_fields(zoo), "kind": kind, "S": S, "seed": seed},
+    blob = json.dumps({"model": model_fields(zoo, kind), "kind": kind, "S": S, "seed": seed},
                       sort_keys=True, default=str)
     return hashlib.sha1(blob.encode()).hexdigest()[:10]
 
@@ -228,7 +234,7 @@ def train_one(zoo: ToyZoo, kind: str, S: int, seed: int, models_dir: Path) -> Tr
     tseed = model_seed(kind, S, seed)
     torch.manual_seed(tseed)
     model, objective = build(zoo, kind, chain)
-    steps = zoo.train.steps
+    steps = zoo.steps_for(kind)
     snap_steps = sorted({max(1, round(f * steps)) for f in zoo.snapshots})
     eval_steps = set(evaluation_steps(steps, zoo.n_evals)) if zoo.n_evals and steps else set()
     kl_steps = kl_evaluations(zoo, kind, eval_steps)
@@ -256,9 +262,9 @@ def train_one(zoo: ToyZoo, kind: str, S: int, seed: int, models_dir: Path) -> Tr
         if step in snap_steps:
             save_snapshot(run_dir / f"snap_{step:08d}.pt", ema, step)
 
-    tc = dataclasses.replace(zoo.train, seed=tseed)
+    tc = dataclasses.replace(zoo.train, seed=tseed, steps=steps)
     res = train(model, objective, data, tc, run_dir=run_dir, callback=on_step,
-                extra_config={"model": model_fields(zoo), "kind": kind, "S": S},
+                extra_config={"model": model_fields(zoo, kind), "kind": kind, "S": S},
                 desc=f"{kind} S={S} seed={seed}")
     seconds = _training_seconds(run_dir, res)
     kernel = res.ema
@@ -274,7 +280,7 @@ def train_one(zoo: ToyZoo, kind: str, S: int, seed: int, models_dir: Path) -> Tr
             k.eval()
             snaps[step] = k
     return TrainedModel(kind, S, seed, kernel, key, snaps, res.log, count_parameters(kernel),
-                        seconds, res.resumed_from == steps, run_dir, curve)
+                        seconds, res.resumed_from == steps, run_dir, curve, steps)
 
 
 def save_snapshot(path: Path, ema, step: int) -> Path:
@@ -371,7 +377,8 @@ _COST = {"ddpm": 1.0, "ddpm-matched": 1.3, "smd-jensen": 1.7, "smd-energy": 2.6,
 def train_parallel(zoo: ToyZoo, jobs, models_dir: Path, workers: int) -> list:
     """Train ``jobs`` [(kind, S, seed)] into ``models_dir`` with ``workers`` spawned processes of
     one thread each (longest first); returns [(kind, S, seed, seconds)]."""
-    jobs = sorted(jobs, key=lambda j: -_COST.get(j[0], 1.0) * (2.0 if j[1] > 100 else 1.0))
+    jobs = sorted(jobs, key=lambda j: -_COST.get(j[0], 1.0) * (2.0 if j[1] > 100 else 1.0)
+                  * zoo.steps_for(j[0]))
     ctx = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(max_workers=workers, mp_context=ctx,
                              initializer=_worker_init) as pool:
