@@ -18,10 +18,23 @@ way).  log q(x_0) is exact for a mixture target; it is averaged on the same x_0 
 Monte Carlo error is part of the reported standard error (the spread of the per-x_0 terms).
 
 Any kernel whose step distribution has ``log_prob`` works (Gaussian, mixture, GMS, top-k, latent
-kernels); for a latent kernel with sampled latents (``n_latent``) the per-step density is an
-unbiased estimate of p(x_s | x_t), the product over the steps stays unbiased for p(x_{0:T}), and
-the bound remains a bound (looser).  A deterministic step (DDIM, eta = 0) has no density: use
+kernels).  A deterministic step (DDIM, eta = 0) has no density: use
 :func:`smdlab.families.ddim_pushforward_kl`.
+
+Latent kernels (learned SMD, the SMD construction with ``n_latent=L``).  Their step density
+p(x_s | x_t) = E_z N(x_s; mu(x_t, z), sigma^2 I) is seen through L latent draws z_1..z_L drawn
+given x_t alone: p^(x_s | x_t) = (1/L) sum_l N(x_s; mu(x_t, z_l), sigma^2 I).  Each term has
+expectation p(x_s | x_t) over its z_l, so p^ is UNBIASED (its log is biased low).  The draws of
+different jumps and paths are independent given the path, so the weight w^ built from them has
+E[w^ | path] = w: w^ is an exact importance weight on the extended space (path, latents), and
+Jensen's inequality gives E log (1/K) sum_k w^_k <= log E (1/K) sum_k w^_k = log p(x_0).  Hence
+the "pseudo-marginal" B_K is still an UPPER bound on the KL for every K and L, looser than the
+exact-density B_K (Jensen again, over the latents at fixed paths), and it still tends to the KL as
+K -> infinity.  Two conditions make this true and the code keeps them: the latents are drawn
+without looking at x_s (``kernel.distribution(x_t, ...)`` sees only x_t), and fresh for every
+(path, jump).  The tests check both directions: a latent kernel whose latent is ignored gives the
+exact-density bound to rounding (``latent_generator`` keeps the paths on their own stream), and
+a genuinely latent kernel's bound lies above the grid-route KL and its exact-density bound.
 
 Tightness.  The forward process is the right proposal when the model's reverse path resembles
 q's; it is a poor one for kernels much narrower than the true reverse step, and then B_K falls
@@ -49,12 +62,14 @@ from .schedules import NoiseSchedule
 def path_log_weights(mixture: GaussianMixture, kernel: ReverseKernel, x0: torch.Tensor,
                      n_paths: int, schedule: NoiseSchedule | None = None,
                      generator: torch.Generator | None = None,
-                     n_latent: int | None = None) -> torch.Tensor:
+                     n_latent: int | None = None,
+                     latent_generator: torch.Generator | None = None) -> torch.Tensor:
     """log w of ``n_paths`` forward paths per data point: (N, n_paths) for x0 (N, D).
 
     Each path runs x0 up the chain of ``schedule`` (default: the kernel's) with the exact forward
     jumps, and accumulates log p(x_s | x_t) - log q(x_t | x_s) per jump, plus log N(x_T; 0, I).
-    ``n_latent`` is passed to latent kernels (None: the kernel's exact density where it has one).
+    ``n_latent`` is passed to latent kernels (None: the kernel's exact density where it has one);
+    their latent draws come from ``latent_generator`` (default: ``generator``, the paths' stream).
     """
     if x0.ndim != 2 or x0.shape[1] != mixture.D:
         raise ValueError(f"x0 must be (N, D) with D={mixture.D}; got {tuple(x0.shape)}")
@@ -71,7 +86,8 @@ def path_log_weights(mixture: GaussianMixture, kernel: ReverseKernel, x0: torch.
         eps = torch.randn(x_s.shape, dtype=torch.float64, generator=generator)
         x_t = a * x_s + math.sqrt(b) * eps
         log_fwd = -0.5 * (eps * eps).sum(-1) - 0.5 * D * (LOG_2PI + math.log(b))
-        dist = kernel.distribution(x_t, t, s, generator=generator, n_latent=n_latent)
+        dist = kernel.distribution(x_t, t, s, generator=latent_generator or generator,
+                                   n_latent=n_latent)
         if not hasattr(dist, "log_prob"):
             raise ValueError(f"{kernel.name}: its step distribution has no log_prob")
         try:
@@ -88,7 +104,8 @@ def path_log_weights(mixture: GaussianMixture, kernel: ReverseKernel, x0: torch.
 def iw_global_kl(mixture: GaussianMixture, kernel: ReverseKernel,
                  schedule: NoiseSchedule | None = None, n_points: int = 256,
                  Ks=(1, 4, 16, 64), generator: torch.Generator | None = None,
-                 n_latent: int | None = None, chunk: int = 8192) -> dict:
+                 n_latent: int | None = None, chunk: int = 8192,
+                 latent_generator: torch.Generator | None = None) -> dict:
     """Importance-weighted upper bounds B_K on KL(q(x_0) || p(x_0)) for each K in ``Ks``.
 
     Args:
@@ -96,9 +113,14 @@ def iw_global_kl(mixture: GaussianMixture, kernel: ReverseKernel,
         schedule: the sampling chain (default the kernel's own).
         n_points: x_0 ~ q draws; every K uses the first K of the same max(Ks) paths per point
             (common random numbers, so the decrease in K is visible without extra noise).
+        n_latent: latent draws per step and path for latent kernels (None: the kernel's exact
+            density, or its default draw count); a sampled density keeps the bound an upper
+            bound (module docstring).
+        latent_generator: the stream of the latent draws (default: ``generator``); a separate
+            one keeps x_0 and the paths identical across kernels (common random numbers).
         chunk: paths evaluated at once (memory).
     Returns {"K": [...], "bound": [...], "se": [...], "bound_raw", "clamped", "n_points", "steps",
-    "kernel", "log_q_mean"} (a negative Monte Carlo mean is reported as 0, the raw value kept):
+    "kernel", "log_q_mean", "n_latent"} (a negative Monte Carlo mean is reported as 0, the raw value kept):
     se is the standard error of each bound over the x_0 (it includes the Monte Carlo error of
     E_q log q).  The sequence is an upper bound on the KL for every K, decreasing
     to it; the gap B_K - B_{2K} says how far from converged the largest K is.
@@ -114,7 +136,8 @@ def iw_global_kl(mixture: GaussianMixture, kernel: ReverseKernel,
     x0 = mixture.sample(n_points, generator)
     per = max(1, chunk // Kmax)
     lw = torch.cat([path_log_weights(mixture, kernel, x0[i:i + per], Kmax, schedule, generator,
-                                     n_latent) for i in range(0, n_points, per)])
+                                     n_latent, latent_generator)
+                    for i in range(0, n_points, per)])
     log_q = mixture_log_prob(mixture, x0)
     bounds, ses, raw = [], [], []
     for K in Ks:
@@ -128,7 +151,7 @@ def iw_global_kl(mixture: GaussianMixture, kernel: ReverseKernel,
     return {"K": Ks, "bound": bounds, "se": ses, "bound_raw": raw,
             "clamped": [b < 0 for b in raw], "n_points": n_points,
             "steps": len(chain_steps(kernel, schedule)), "kernel": kernel.name,
-            "log_q_mean": log_q.mean().item()}
+            "log_q_mean": log_q.mean().item(), "n_latent": n_latent}
 
 
 def best_bound(result: dict) -> tuple[float, float]:

@@ -128,3 +128,58 @@ def test_reloaded_models_report_their_original_training_time(quick_runs):
     for (kind, S, _), tm in toy_zoo.toy_zoo(cfg.zoo, out, cfg.seed).items():
         assert tm.cached and tm.seconds > 0
         assert tm.seconds == pytest.approx(first[kind, S])
+
+
+def test_e6_reports_an_iw_global_kl_for_the_long_chain(quick_runs):
+    """The 1000-step chain has no resolved grid: its global KL is the IW upper bound sequence,
+    for every kind (seed 0) and the references, with the method named in the table."""
+    _, results = quick_runs
+    res = results["e6_toy"]
+    iw, zc = res.data["iw"], ToyConfig.quick().zoo
+    assert {r["kind"] for r in iw["models"]} == set(zc.kinds)
+    for r in iw["models"] + [iw["references"][n][zc.T] for n in iw["references"]]:
+        assert r["steps"] == zc.T and len(r["bounds"]) == len(iw["sizes"]["Ks"])
+        assert r["kl"] == r["bounds"][-1] >= 0 and r["kl_se"] >= 0
+        assert "IW upper bound" in r["method"]
+    exact = iw["references"]["exact"][zc.T]
+    assert exact["kl"] < 4 * exact["kl_se"] + 1e-3          # only the prior term remains
+    assert "(IW, K=" in res.summary_md and "B_1" in res.summary_md
+    # no grid number at 1000 steps is presented as a value
+    long_rows = [r for r in res.data["rows"] if r["sample_S"] == zc.T]
+    assert long_rows and all("kl" not in r for r in long_rows)
+
+
+def test_e9_scores_the_learned_models_beside_the_oracles(quick_runs):
+    """E9 on the grid target with the quick zoo (trained above, reused from the cache): the
+    full-chain models on every S, the own-chain models on theirs, each with its convergence
+    status in the table and the figure's legend; every bound an upper bound (>= -4 se)."""
+    import dataclasses
+
+    from smdlab.experiments import e9_families
+    from smdlab.experiments.e9_report import learned_label
+
+    out, _ = quick_runs
+    cfg = dataclasses.replace(e9_families.E9Config.quick(), targets=("grid",), steps=(2, 4),
+                              b_dims=(1,), b_separations=(2.0,), b_stds=(0.1,))
+    res = e9_families.run(cfg, out)
+    learned = res.data["targets"]["grid"]["learned"]
+    for kind in cfg.learned_kinds:
+        full = [e for e in learned.values() if e["kind"] == kind and not e["own_chain"]]
+        own = [e for e in learned.values() if e["kind"] == kind and e["own_chain"]]
+        assert len(full) == 1 and sorted(full[0]["rows"]) == [2, 4]
+        assert len(own) == 1 and list(own[0]["rows"]) == [4] and own[0]["train_S"] == 4
+    for name, e in learned.items():
+        assert len(e["converged"]) == len(e["seeds"])
+        assert (name + " |") in res.summary_md
+        if not all(e["converged"]):
+            assert "unconverged" in learned_label(name, e)
+        for row in e["rows"].values():
+            assert row["local"] >= 0 and row["local_se"] >= 0
+            assert row["kl"] >= 0 and row["kl"] > -4 * row["kl_se"]
+            assert "IW bound" in row["method"]
+            if e["kind"].startswith("smd"):
+                assert row["n_latent_iw"] == cfg.learned_n_latent_iw
+            assert "grid_resolved" in row         # S <= learned_grid_max_steps: the grid route
+    assert any(p.name.startswith("e9_families_grid") for p in res.figures)
+    # the oracle rows are those of the plain run (the learned block is separate)
+    assert "learned" not in " ".join(res.data["targets"]["grid"]["rows"])

@@ -50,6 +50,7 @@ def target_figure(tname, td, out, floor: float = 1e-3):
             ax.errorbar(xs, y, yerr=[lo, 2 * np.asarray(se)], label=name, capsize=2,
                         color=colors[(2 * i) % 20 if i < 10 else (2 * (i - 10) + 1) % 20],
                         **_style(name))
+    _draw_learned(axes, td.get("learned") or {}, floor)
     for ax, lab in ((axes[0], "sum over the chain of local error M (nats)"),
                     (axes[1], "global KL(q(x_0) || p(x_0)) (nats)")):
         ax.set_xscale("log")
@@ -70,6 +71,45 @@ def target_figure(tname, td, out, floor: float = 1e-3):
     path = save_figure(fig, out.figure(f"e9_families_{tname}"))
     plt.close(fig)
     return path
+
+
+def learned_label(name, entry) -> str:
+    """A learned row's name with its convergence status (every seed's learning curve)."""
+    conv = entry["converged"]
+    if all(conv):
+        return name
+    return name + (" (unconverged)" if not any(conv) else
+                   f" (unconverged: {len(conv) - sum(conv)} of {len(conv)} seeds)")
+
+
+def _draw_learned(axes, learned, floor):
+    """The learned models: stars (full-chain model on every S, a line) and diamonds (own-chain
+    models, mean over seeds, error bar 2 x the larger of the seeds' sd and the se); the global
+    panel draws the IW upper bound, and the resolved grid KL as a hollow marker."""
+    from .toy_config import COLORS
+
+    for name, entry in learned.items():
+        if name == "skipped":
+            continue
+        rows = entry["rows"]
+        own = entry["own_chain"]
+        style = dict(marker="D" if own else "*", ms=7 if own else 10, lw=2.2,
+                     ls="none" if own else "-", color=COLORS.get(entry["kind"], "k"),
+                     mec="k", mew=0.6)
+        for ax, key in ((axes[0], "local"), (axes[1], "kl")):
+            xs = sorted(rows)
+            ys = np.maximum([rows[S][key] for S in xs], floor)
+            err = [2 * max(rows[S].get(key + "_se") or 0.0, rows[S].get(key + "_sd") or 0.0)
+                   for S in xs]
+            ax.errorbar(xs, ys, yerr=[np.minimum(err, ys - floor * 0.999), err], capsize=3,
+                        label=learned_label(name, entry) if key == "local" else None, **style)
+            if key == "kl":
+                g = [(S, rows[S]["grid_kl"]) for S in xs if rows[S].get("grid_kl") is not None
+                     and rows[S].get("grid_resolved") and math.isfinite(rows[S]["grid_kl"])]
+                if g:
+                    gx, gy = zip(*g)
+                    ax.plot(gx, np.maximum(gy, floor), ls="none", marker=style["marker"],
+                            ms=style["ms"], mfc="none", mec=style["color"], mew=1.2)
 
 
 def part_b_figure(pb, out):
@@ -139,7 +179,7 @@ def summary_of(data, cfg):
                   "|---|" + "---|" * len(steps)]
         for name, rows in td["rows"].items():
             lines.append(f"| {name} | " + " | ".join(_cell(rows[S]) for S in steps) + " |")
-        lines += ["", f"![E9 {tname}](figures/e9_families_{tname}.png)", ""]
+        lines += _learned_table(td) + ["", f"![E9 {tname}](figures/e9_families_{tname}.png)", ""]
     # L5: how many components does a step need
     needs = data["needs"]
     parts = []
@@ -197,6 +237,51 @@ def summary_of(data, cfg):
                             status, ev, "figures/e9_global_claim.png"))
     headline["global_kl_per_dim"] = [round(v, 4) for v in per_dim]
     return "\n".join(lines), verdicts, headline
+
+
+def _learned_cell(row) -> str:
+    """'local / IW bound [grid]' of a learned model at one S, flags attached: ± sd over seeds
+    where there are several (else ± se), † IW bound still falling in K, (clamped) a Monte Carlo
+    mean below 0 reported as 0, (dominated) one point carries the local estimate, n/r an
+    unresolved grid (not a value)."""
+    def pm(key):
+        sd = row.get(key + "_sd") if row.get("n_seeds", 1) > 1 else None
+        return f"{row[key]:.3g}" + (f"±{sd:.2g} sd" if sd is not None else
+                                    f"±{row.get(key + '_se', 0.0):.1g}")
+    loc = pm("local") + "".join(f" ({f})" for f in row.get("local_flags", ()))
+    kl = pm("kl") + ("" if row["converged"] else "†") + (" (clamped)" if row["clamped"] else "")
+    if "grid_kl" in row or "grid_resolved" in row:
+        if not row.get("grid_resolved", False):
+            kl += " [grid n/r]"
+        elif row.get("grid_kl") is not None:
+            kl += f" [grid {row['grid_kl']:.3g}" + (f"±{row['grid_kl_sd']:.2g} sd"
+                                                   if row.get("n_seeds", 1) > 1 else "") + "]"
+    return f"{loc} / {kl}"
+
+
+def _learned_table(td) -> list[str]:
+    learned = td.get("learned")
+    if not learned:
+        return []
+    if "skipped" in learned:
+        return ["", f"Learned models not scored: {learned['skipped']}."]
+    steps = td["steps"]
+    lines = ["", "**Learned models on this target** (the toy zoo of E6-E8, EMA weights; a model's "
+             "convergence is its learning curve's, smdlab.convergence; *unconverged* models' "
+             "numbers describe an unfinished training). Cells as above: summed local error (SMD: "
+             "log-mean-exp over latent draws, biased high) / IW upper bound on the global KL "
+             "(SMD: pseudo-marginal, sampled latents, still an upper bound); [grid] the grid "
+             "route of E6/E8 where S is small (n/r: not resolved, no value); ± sd over seeds for "
+             "the own-chain models, else ± se.", "",
+             "| learned model | converged | " + " | ".join(f"S={S}" for S in steps) + " |",
+             "|---|---|" + "---|" * len(steps)]
+    for name, e in learned.items():
+        conv = e["converged"]
+        c = "yes" if all(conv) else ("**no (unconverged)**" if not any(conv) else
+                                     f"**{sum(conv)}/{len(conv)} seeds**")
+        cells = [_learned_cell(e["rows"][S]) if S in e["rows"] else "-" for S in steps]
+        lines.append(f"| {name} | {c} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def _k(v) -> str:
