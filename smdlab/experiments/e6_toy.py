@@ -92,7 +92,7 @@ def run(cfg: ToyConfig, out: Outputs) -> ExperimentResult:
         if i != 0:
             continue
         for step, k in tm.snapshots.items():
-            if step == zc.train.steps:     # the final EMA weights: reuse the evaluation samples
+            if step == tm.steps:     # the final EMA weights: reuse the evaluation samples
                 snap_samples[kind, S, step] = samples_for_plot[kind, S, S][:sizes.n_snapshot]
             else:
                 snap_samples[kind, S, step] = draw_samples(k, zc.chain(S), sizes.n_snapshot, 300)
@@ -115,14 +115,17 @@ def run(cfg: ToyConfig, out: Outputs) -> ExperimentResult:
     # ---- figures
     figs = []
     for S in zc.chains:
-        steps = sorted({st for (k, s, st) in snap_samples if s == S})
-        fig, axes = plt.subplots(len(zc.kinds), len(steps) + 1,
-                                 figsize=(2.4 * (len(steps) + 1), 2.4 * len(zc.kinds)),
+        # one column per snapshot fraction: each kind at its own steps (zoo.kind_steps)
+        own_steps = {kind: sorted(st for (k, s, st) in snap_samples if s == S and k == kind)
+                     for kind in zc.kinds}
+        n_cols = max(len(v) for v in own_steps.values())
+        fig, axes = plt.subplots(len(zc.kinds), n_cols + 1,
+                                 figsize=(2.4 * (n_cols + 1), 2.4 * len(zc.kinds)),
                                  squeeze=False)
         for i, kind in enumerate(zc.kinds):
             done = zoo[kind, S, 0].converged
-            for j, st in enumerate(steps):
-                tag = ("" if done else " (unconverged)") if st == zc.train.steps else ""
+            for j, st in enumerate(own_steps[kind]):
+                tag = ("" if done else " (unconverged)") if st == zoo[kind, S, 0].steps else ""
                 _scatter(axes[i, j], snap_samples[kind, S, st].numpy(), mix,
                          f"{LABELS[kind]}, step {st}{tag}")
             if i == 0:
@@ -247,7 +250,8 @@ def _cuts(cfg: ToyConfig) -> str:
     if zc.n_seeds > 1 and one_seed:
         parts.append(f"chains {one_seed} trained with one seed only (time budget); chains "
                      f"{list(zc.seed_chains)} with {zc.n_seeds} seeds")
-    parts.append(f"{zc.train.steps} training steps of batch {zc.batch_size} per model")
+    parts.append(f"{zc.train.steps} training steps of batch {zc.batch_size} per model"
+                 + (f" ({', '.join(zc.kind_steps)})" if zc.kind_steps else ""))
     iw = iw_sizes(sizes)
     parts.append(f"grid global KL ({sizes.n_grid}^2 nodes, {sizes.n_latent} latent draws per node) "
                  f"only on chains of <= 100 steps; on the {zc.T}-step chain an importance-weighted "

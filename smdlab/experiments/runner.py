@@ -8,7 +8,10 @@ work:
    ``zoo.workers`` processes of one thread each, see :mod:`smdlab.experiments.toy_zoo`), so that
    the experiments that use them (E6, E7, E8, E9) only reload them from the cache and no two
    processes ever train the same model;
-2. :func:`run_experiments` runs the chosen experiments, ``jobs`` at a time, the longest first.
+2. :func:`run_experiments` runs the chosen experiments, ``jobs`` at a time, the longest first;
+   the experiments that share the toy models (:data:`SHARED_GROUP`: E6-E9) run one after the
+   other in one process, so that their memoised evaluations of the same models are computed once
+   (each runs on about one core while the exact experiments share the other);
    Each experiment runs in a fresh process (``max_tasks_per_child=1``) after the global random
    states are reset, and the same reset precedes every experiment of a sequential run
    (``jobs=1``): what an experiment computes does not depend on what ran before it or beside it.
@@ -34,6 +37,19 @@ from .base import REGISTRY, Outputs
 # longest start first so the processes finish together.  Unknown ones count as 60 s.
 EXPECTED_SECONDS = {"e9": 360, "e6": 200, "e2": 220, "e3": 170, "e4": 110, "e7": 100, "e5": 60,
                     "e8": 60, "e1": 5}
+
+
+#: Experiments that evaluate the same trained toy models (memoised per process): one task.
+SHARED_GROUP = ("e6", "e8", "e9", "e7")
+
+
+def tasks(names) -> list[tuple[str, ...]]:
+    """The chosen experiments as tasks of a side-by-side run: the members of SHARED_GROUP that
+    were chosen form one task (in SHARED_GROUP's order), every other experiment its own; longest
+    first."""
+    group = tuple(n for n in SHARED_GROUP if n in names)
+    out = ([group] if group else []) + [(n,) for n in names if n not in group]
+    return sorted(out, key=lambda t: -sum(EXPECTED_SECONDS.get(n, 60) for n in t))
 
 
 def default_jobs() -> int:
@@ -77,17 +93,17 @@ def run_one(name: str, cfg, out: Outputs):
     return result, time.perf_counter() - t0
 
 
-def _run_in_child(name: str, cfg, out: Outputs, threads: int):
+def _run_in_child(task, cfgs: dict, out: Outputs, threads: int):
     torch.set_num_threads(threads)
     from .. import experiments  # noqa: F401  (fills the registry in the spawned process)
-    return run_one(name, cfg, out)
+    return [(name, *run_one(name, cfgs[name], out)) for name in task]
 
 
 def run_experiments(names, cfgs: dict, out: Outputs, jobs: int = 1, threads: int = 1):
     """Yield (name, result, seconds) for each experiment in ``names`` as it finishes.
 
-    jobs=1 runs them here in the given order; jobs > 1 runs that many at once in spawned
-    processes with ``threads`` torch threads each, longest first.  An experiment that fails
+    jobs=1 runs them here in the given order; jobs > 1 runs that many tasks (:func:`tasks`) at
+    once in spawned processes with ``threads`` torch threads each, longest first.  An experiment that fails
     stops the rest (those already finished keep their outputs) and its error is raised here.
     """
     if jobs <= 1 or len(names) <= 1:
@@ -95,17 +111,16 @@ def run_experiments(names, cfgs: dict, out: Outputs, jobs: int = 1, threads: int
             result, seconds = run_one(name, cfgs[name], out)
             yield name, result, seconds
         return
-    order = sorted(names, key=lambda n: -EXPECTED_SECONDS.get(n, 60))
     ctx = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx, max_tasks_per_child=1) as pool:
-        pending = {pool.submit(_run_in_child, n, cfgs[n], out, threads): n for n in order}
+        pending = {pool.submit(_run_in_child, task, {n: cfgs[n] for n in task}, out, threads): task
+                   for task in tasks(names)}
         try:
             while pending:
                 finished, _ = wait(pending, return_when=FIRST_COMPLETED)
                 for fut in finished:
-                    name = pending.pop(fut)
-                    result, seconds = fut.result()
-                    yield name, result, seconds
+                    pending.pop(fut)
+                    yield from fut.result()
         except BaseException:
             for fut in pending:
                 fut.cancel()

@@ -21,11 +21,13 @@ KINDS = ("ddpm", "ddpm-matched", "smd-jensen", "smd-multisample", "smd-energy")
 LABELS = {"ddpm": "DDPM", "ddpm-matched": "DDPM (matched capacity)", "smd-jensen": "SMD-jensen",
           "smd-multisample": "SMD-multisample", "smd-energy": "SMD-energy",
           "exact": "exact chain", "oracle_ddpm": "oracle DDPM (exact mean)",
+          "oracle_ddpm-smd_variance": "oracle DDPM with SMD's last-jump variance",
           "gaussian-beta_tilde": "best beta-tilde Gaussian (clipped last step)",
           "gaussian-moment": "best Gaussian (moment-matched)"}
 COLORS = {"ddpm": "tab:blue", "ddpm-matched": "tab:cyan", "smd-jensen": "tab:orange",
           "smd-multisample": "tab:green", "smd-energy": "tab:red", "exact": "black",
-          "oracle_ddpm": "dimgray", "gaussian-beta_tilde": "darkgray", "gaussian-moment": "gray"}
+          "oracle_ddpm": "dimgray", "oracle_ddpm-smd_variance": "silver",
+          "gaussian-beta_tilde": "darkgray", "gaussian-moment": "gray"}
 
 
 @dataclass

@@ -25,7 +25,7 @@ from ..schedules import NoiseSchedule
 from .toy_config import ToyEval, ToyZoo
 from .toy_zoo import TrainedModel
 
-REFERENCES = ("exact", "oracle_ddpm", "gaussian-beta_tilde")
+REFERENCES = ("exact", "oracle_ddpm", "oracle_ddpm-smd_variance", "gaussian-beta_tilde")
 REFERENCE_SEED = 7      # the reference chains' samples (one fixed draw for every experiment)
 
 
@@ -93,12 +93,17 @@ def evaluate(model: TrainedModel, zoo: ToyZoo, sample_S: int, sizes: ToyEval,
 def reference_kernel(name: str, mix, zoo: ToyZoo, chain: NoiseSchedule):
     """The reference chains: ``exact`` (zero local error), ``oracle_ddpm`` (the exact mean with the
     learned kernels' variances: the best any DDPM of this family can do per step) and
-    ``gaussian-beta_tilde`` (the lab's best beta-tilde Gaussian, improved-DDPM clip on the jump to
+    ``oracle_ddpm-smd_variance`` (the same exact mean with the SMD kinds' variance on the jump
+    to 0: the best a Gaussian kernel with SMD's variances can do), ``gaussian-beta_tilde`` (the
+    lab's best beta-tilde Gaussian, improved-DDPM clip on the jump to
     0, see :mod:`smdlab.denoisers`)."""
     root = chain.root
     p = zoo.model.parameterization
     if name == "exact":
         return ExactKernel(mix, root)
+    if name == "oracle_ddpm-smd_variance":     # the same with the SMD kinds' last-jump variance
+        return GaussianDenoiser(OracleNet(mix, root, p), chain, mix.D, p, name=name,
+                                final_variance=zoo.final_variance("smd-jensen"))
     if name == "oracle_ddpm":
         return GaussianDenoiser(OracleNet(mix, root, p), chain, mix.D, p, name="oracle_ddpm",
                                 final_variance=zoo.final_variance())
@@ -119,7 +124,7 @@ def references(zoo: ToyZoo, sizes: ToyEval, S_list) -> dict:
         out[name] = {}
         for S in S_list:
             key = (name, repr(zoo.target), zoo.T, S, sizes, zoo.model.parameterization,
-                   zoo.model.final_variance)
+                   zoo.model.final_variance, zoo.model.smd_final_variance)
             if key not in _REFS:
                 chain = zoo.chain(S)
                 _REFS[key] = score(mix, reference_kernel(name, mix, zoo, chain), chain, sizes,
@@ -200,7 +205,7 @@ def references_iw(zoo: ToyZoo, iw: IWSizes, S_list) -> dict:
             if S < iw.min_steps:
                 continue
             key = (name, repr(zoo.target), zoo.T, S, iw, zoo.model.parameterization,
-                   zoo.model.final_variance)
+                   zoo.model.final_variance, zoo.model.smd_final_variance)
             if key not in _IW:
                 chain = zoo.chain(S)
                 _IW[key] = iw_score(mix, reference_kernel(name, mix, zoo, chain), chain, iw,
