@@ -81,11 +81,13 @@ class ModelsConfig:
     """The model spec of the comparison: ``ddpm``, ``smd-jensen`` (the paper's objective),
     ``smd-<best_objective>`` (multisample or energy, with objective_samples latent draws) and
     ``ddpm-matched`` (a plain U-Net of the best SMD model's size).  conditioning, latent_dim,
-    generator_fraction: SMD's latent; parameterization: eps, x0 or v for all."""
+    generator_fraction: SMD's latent; generator: "separate" (the published latent-generator
+    network) or "shared" (the cheap one on the U-Net's stem); parameterization: eps, x0 or v."""
 
     conditioning: str = "hyper"
     latent_dim: int = 8
     generator_fraction: float = 0.25
+    generator: str = "separate"
     best_objective: str = "energy"
     objective_samples: int = 2
     parameterization: str = "v"
@@ -97,7 +99,7 @@ class ModelsConfig:
 
     def specs(self) -> list[ModelSpec]:
         common = dict(conditioning=self.conditioning, latent_dim=self.latent_dim,
-                      generator_fraction=self.generator_fraction,
+                      generator_fraction=self.generator_fraction, generator=self.generator,
                       parameterization=self.parameterization)
         best_k = self.objective_samples if self.best_objective == "energy" else \
             max(self.objective_samples, 2)
