@@ -60,7 +60,7 @@ def test_smoke_run_writes_everything(smoke_run):
     for m in models.values():
         pts = m["curve"]["points"]
         assert [p["step"] for p in pts] == [4, 8, 11, 15, 19, 22, 26, 30]
-        assert all(p["fd"] >= 0 and p["fd_se"] >= 0 and "kid" in p for p in pts)
+        assert all(p["fd"] >= 0 and p["fd_boot_std"] >= 0 and "kid" in p for p in pts)
         assert m["curve_settings"]["n"] == 24 and isinstance(m["curve"]["converged"], bool)
         assert (out / "runs" / "images" / next(k for k, v in models.items() if v is m) /
                 "curve.json").exists()

@@ -113,9 +113,9 @@ def test_changed_curve_settings_recompute(tmp_path):
 
 def _result(converged: bool):
     """A minimal image result whose long and short models have the given curves."""
-    pts = ([{"step": s, "fd": 1.0, "fd_se": 0.01, "kid": 0.1, "kid_se": 0.01} for s in (1, 2, 3)]
+    pts = ([{"step": s, "fd": 1.0, "fd_boot_std": 0.01, "kid": 0.1, "kid_std": 0.01} for s in (1, 2, 3)]
            if converged else
-           [{"step": s, "fd": 10.0 / s, "fd_se": 0.01, "kid": 0.1, "kid_se": 0.01}
+           [{"step": s, "fd": 10.0 / s, "fd_boot_std": 0.01, "kid": 0.1, "kid_std": 0.01}
             for s in (1, 2, 3)])
     models, evals = {}, []
     for protocol in ("long", "short"):
@@ -145,3 +145,20 @@ def test_verdicts_on_unconverged_models_read_unconverged():
     for m in old["models"].values():
         del m["curve"]                               # a result from before curves: not shown
     assert verdict_rows(old)[0][1] == UNCONVERGED_STATUS
+
+
+def test_a_still_falling_curve_is_not_converged_whatever_its_bootstrap_spread():
+    """The points share one sampling seed, so the rule uses the relative tolerance alone: a
+    curve still falling by 5% per point is not converged even when one point's bootstrap spread
+    (here 1.3) would cover the whole fall."""
+    from smdlab.images.report import model_converged
+
+    def model(values):
+        return {"curve": {"primary": "fd", "rel_tol": 0.05, "points": [
+            {"step": 10 * (i + 1), "fd": v, "fd_boot_std": 1.3, "kid": 0.1, "kid_std": 0.05}
+            for i, v in enumerate(values)]}}
+
+    assert model_converged(model([10.2, 9.45, 9.02, 8.57])) is False
+    assert model_converged(model([10.2, 8.7, 8.62, 8.57])) is True
+    assert model_converged(model([8.6, 8.57])) is False               # fewer than 3 points
+    assert model_converged({"curve": None}) is None

@@ -127,3 +127,22 @@ def test_energy_trained_shared_model_uses_its_latent():
         if objective == "energy":
             assert spread > 1e-3
     assert ratios["energy"] > 0.05 and ratios["energy"] > 3 * ratios["jensen"], ratios
+
+
+# The lab's kernel contract (tests/test_kernel_contract.py), run on the shared-generator kernel.
+from . import test_kernel_contract as _contract  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def kernel():
+    torch.manual_seed(0)
+    return _contract._perturbed(build_model(shared("jensen", 1), _contract.UNET, _contract.ROOT))
+
+
+test_contract_shapes_and_dtype = _contract.test_shapes_and_dtype
+test_contract_seeded_chain = _contract.test_seeded_generator_makes_the_chain_reproducible
+test_contract_samples_centred = _contract.test_samples_are_centred_on_the_mean
+test_contract_final_jump = _contract.test_final_jump
+test_contract_denoise = _contract.test_denoise
+test_contract_x0_hook = _contract.test_x0_hook
+test_contract_bad_steps = _contract.test_bad_steps_raise

@@ -113,7 +113,7 @@ def make_figures(result: dict, out) -> list[Path]:
 
 def learning_curves_figure(result: dict, out, plt) -> Path | None:
     """FD and KID against training steps, one line per model and protocol (dashed: not
-    converged by the rule), error bars: bootstrap / subset spreads."""
+    converged by the rule), error bars: one point's bootstrap / subset spread."""
     models = {k: m for k, m in result["models"].items() if (m.get("curve") or {}).get("points")}
     if not models:
         return None
@@ -132,7 +132,8 @@ def learning_curves_figure(result: dict, out, plt) -> Path | None:
             name = m["spec"]["name"]
             for i, key in enumerate(("fd", "kid")):
                 axes[i][j].errorbar([q["step"] for q in pts], [q[key] for q in pts],
-                                    yerr=[q[key + "_se"] for q in pts], marker="o", ms=3,
+                                    yerr=[q[key + ("_boot_std" if key == "fd" else "_std")]
+                                          for q in pts], marker="o", ms=3,
                                     capsize=2, ls="-" if conv else "--",
                                     color=_COLORS.get(name),
                                     label=f"{label} ({'converged' if conv else 'not converged'})")

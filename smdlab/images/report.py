@@ -201,9 +201,8 @@ def curve_section(result: dict, metric: str) -> list[str]:
               f"{cs.get('points', '?')} steps spread over it, on n = {cs.get('n', '?')} samples "
               f"(ancestral sampling on the fewest-step chain of its protocol; the same seed at "
               f"every point). Rule: {result.get('convergence_rule', 'see smdlab.convergence')}. "
-              f"A verdict resting on a model that fails it reads \"unconverged\". The rule is "
-              f"only as sharp as its points: at small n the bootstrap standard errors are large, "
-              f"so \"converged\" means no change detectable at n = {cs.get('n', '?')}.", "",
+              f"A verdict resting on a model that fails it reads \"unconverged\". ± values: "
+              f"the last point's bootstrap spread (FD) and subset spread (KID).", "",
               f"| model | protocol | points | {metric} (first -> last, n = {cs.get('n', '?')}) | "
               f"KID (last) | converged |", "|---|---|---|---|---|---|"]
         for m in curves.values():
@@ -214,8 +213,8 @@ def curve_section(result: dict, metric: str) -> list[str]:
                 continue
             conv = model_converged(m)
             L.append(f"| {m['spec']['name']}{_gen_note(m)} | {m['protocol']} | {len(pts)} | "
-                     f"{pts[0]['fd']:.3f} -> {pts[-1]['fd']:.3f} ± {pts[-1]['fd_se']:.3f} | "
-                     f"{pts[-1]['kid']:.4f} ± {pts[-1]['kid_se']:.4f} | "
+                     f"{pts[0]['fd']:.3f} -> {pts[-1]['fd']:.3f} ± {pts[-1]['fd_boot_std']:.3f} | "
+                     f"{pts[-1]['kid']:.4f} ± {pts[-1]['kid_std']:.4f} | "
                      f"{'yes' if conv else 'no'} |")
     by_n = result.get("fd_against_n")
     if by_n:
