@@ -28,7 +28,8 @@ def test_smoke_run_writes_everything(smoke_run):
     report = (out / "REPORT-images.md").read_text()
     assert "python -m smdlab.images --preset smoke --out" in report
     assert "FD-digitsnet" in report and "not** FID" in report
-    for name in ("metrics_vs_steps.png", "class_frequencies.png", "samples_overview.png"):
+    for name in ("metrics_vs_steps.png", "class_frequencies.png", "samples_overview.png",
+                 "learning_curves.png"):
         assert (out / "figures" / "images" / name).stat().st_size > 1000
     payload = json.loads((out / "results" / "images" / "images.json").read_text())
     res = payload["result"]
@@ -55,6 +56,17 @@ def test_smoke_run_writes_everything(smoke_run):
         assert e["sampler"] in ("ancestral", "ddim") and e["steps"] >= 1
         assert (out / e["extra"]["grid"]).exists()
     assert res["sampling"]["use_ema"] is True and "sample_seed" in res["sampling"]
+    # learning curves: FD and KID at 8 steps of every model's training, and the plateau rule
+    for m in models.values():
+        pts = m["curve"]["points"]
+        assert [p["step"] for p in pts] == [4, 8, 11, 15, 19, 22, 26, 30]
+        assert all(p["fd"] >= 0 and p["fd_boot_std"] >= 0 and "kid" in p for p in pts)
+        assert m["curve_settings"]["n"] == 24 and isinstance(m["curve"]["converged"], bool)
+        assert (out / "runs" / "images" / next(k for k, v in models.items() if v is m) /
+                "curve.json").exists()
+    assert set(res["fd_against_n"]) >= {"24", "48"}
+    assert "## Learning curves and convergence" in report and "| converged |" in report
+    assert "against n" in report and res["convergence_rule"] in report
 
 
 def test_second_call_resumes_and_mismatch_is_an_error(smoke_run, capsys):

@@ -81,11 +81,13 @@ class ModelsConfig:
     """The model spec of the comparison: ``ddpm``, ``smd-jensen`` (the paper's objective),
     ``smd-<best_objective>`` (multisample or energy, with objective_samples latent draws) and
     ``ddpm-matched`` (a plain U-Net of the best SMD model's size).  conditioning, latent_dim,
-    generator_fraction: SMD's latent; parameterization: eps, x0 or v for all."""
+    generator_fraction: SMD's latent; generator: "separate" (the published latent-generator
+    network) or "shared" (the cheap one on the U-Net's stem); parameterization: eps, x0 or v."""
 
     conditioning: str = "hyper"
     latent_dim: int = 8
     generator_fraction: float = 0.25
+    generator: str = "separate"
     best_objective: str = "energy"
     objective_samples: int = 2
     parameterization: str = "v"
@@ -97,7 +99,7 @@ class ModelsConfig:
 
     def specs(self) -> list[ModelSpec]:
         common = dict(conditioning=self.conditioning, latent_dim=self.latent_dim,
-                      generator_fraction=self.generator_fraction,
+                      generator_fraction=self.generator_fraction, generator=self.generator,
                       parameterization=self.parameterization)
         best_k = self.objective_samples if self.best_objective == "energy" else \
             max(self.objective_samples, 2)
@@ -131,17 +133,30 @@ class ChainsConfig:
 class EvalConfig:
     """n_samples generated images per evaluation (sample_batch at a time); use_ema: sample the
     EMA weights; classifier_steps: training steps of the feature classifier behind FD-<net>;
-    n_grid: images per saved grid."""
+    n_grid: images per saved grid; curve_points: learning-curve evaluations during training
+    (fewer when a model trains fewer steps); curve_n: samples per curve point (small: cheap, and
+    FD at small n is biased upwards, see the report's FD-against-n table); curve_rel_tol: the
+    convergence rule's relative tolerance."""
 
     n_samples: int = 250
     sample_batch: int = 500
     use_ema: bool = True
     classifier_steps: int = 400
     n_grid: int = 36
+    curve_points: int = 8
+    curve_n: int = 100
+    curve_rel_tol: float = 0.05
 
     def __post_init__(self):
         if self.n_samples < 8:
             raise ValueError(f"eval.n_samples must be >= 8 for the metrics; got {self.n_samples}")
+        if self.curve_n < 8:
+            raise ValueError(f"eval.curve_n must be >= 8 for the metrics; got {self.curve_n}")
+        if self.curve_points < 3:
+            raise ValueError(f"eval.curve_points must be >= 3 (the convergence rule compares the "
+                             f"last 3); got {self.curve_points}")
+        if self.curve_rel_tol < 0:
+            raise ValueError(f"eval.curve_rel_tol must be >= 0; got {self.curve_rel_tol}")
 
 
 def image_train_config(**changes) -> TrainConfig:

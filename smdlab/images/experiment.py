@@ -14,6 +14,17 @@ paper's few-step claim (C5) needs both:
 * ``short``: models trained on the ``chains.short_chain``-step chain and sampled on it
   (ancestral, DDIM, and for SMD the frozen-latent ablation).
 
+Convergence discipline: during training every model records FD-<net> and KID of its (EMA) weights
+at ``eval.curve_points`` steps spread over training (:func:`smdlab.convergence.evaluation_steps`),
+on ``eval.curve_n`` samples of its cheapest evaluation chain (the fewest ``chains.sample_steps``
+for the long protocol, the training chain for the short one); the points are saved beside the
+checkpoints (``curve.json``), so a resumed run reuses them and computes the same curve.  A model is
+*converged* when its FD curve passes :func:`smdlab.convergence.is_converged` with the relative
+tolerance alone (the last 3 points within ``eval.curve_rel_tol`` of the final one; the points
+share one sampling seed, so their differences are not limited by the bootstrap spread); a
+verdict resting on an unconverged model has status
+"unconverged" (:func:`smdlab.experiments.base.gate_on_convergence`).
+
 Every evaluation records n, the reference split, sampler, steps, EMA flag, seeds, parameter
 counts and the measured train step time (of the training that made the weights, also after a
 resume).  Outputs (under ``out``): results/images/images.json, figures/images/*.png,
@@ -33,6 +44,7 @@ from pathlib import Path
 
 import torch
 
+from ..convergence import LearningCurve, evaluation_steps
 from ..experiments.base import ExperimentResult, Outputs, register
 from ..provenance import run_metadata, write_json
 from ..schedules import NoiseSchedule
@@ -160,7 +172,97 @@ def _feature_scorer(cfg: ImagesConfig, train_data, test_data, out: ImageOutputs,
             m["inception_fid"] = fd_from_features(incep_ref, incep(samples))
         return m
 
+    def fd_only(images):
+        return fd_from_features(ref_feats, extract_features(classifier.features, images))
+
+    evaluate.fd_only = fd_only
     return evaluate, cls_info
+
+
+def fd_against_n(cfg: ImagesConfig, test_data, evaluate) -> dict[int, float]:
+    """FD-<net> of n held-out real images against the training split, for the n this run uses
+    (curve points, final evaluations) and a doubling ladder up to the test split's size: the
+    metric's floor and its small-sample bias (FD estimated from n points is biased upwards,
+    roughly like 1/n)."""
+    m = len(test_data)
+    ns = {n for n in (cfg.eval.curve_n, cfg.eval.n_samples) if n <= m}
+    k = 25
+    while k <= min(m, 5000):
+        ns.add(k)
+        k *= 2
+    # nested subsets (the first n of one permutation), so the ladder shows n, not resampling
+    perm = torch.randperm(m, generator=torch.Generator().manual_seed(cfg.seed))
+    return {int(n): evaluate.fd_only(test_data.images[perm[:n]]) for n in sorted(ns) if n >= 8}
+
+
+class CurveRecorder:
+    """The training callback that records a model's learning curve (see the module docstring).
+
+    At each step of ``evaluation_steps(total, points)`` (main process only) it samples ``n``
+    images from the EMA weights (or the raw ones) on ``chain`` with seed ``seed``, scores them
+    with ``evaluate`` and appends {step, fd, fd_boot_std, kid, kid_std} (the bootstrap / subset
+    spreads of one point).  Every point uses the same sampling seed (common random numbers), so
+    the noise of a *difference* between points is far below one point's bootstrap spread: the
+    plateau rule is applied with the relative tolerance alone (as the toy zoo does for its grid
+    KL), not with those spreads as standard errors (which at small n would pass any curve).
+    The torch RNG state is restored afterwards, so training is unchanged by the
+    evaluations.  Points are written to ``run_dir/curve.json`` with the settings that made them;
+    stored points with the same settings are reused (a resumed or reloaded model's weights at a
+    step are bit-identical, so are its points).
+    """
+
+    def __init__(self, run_dir: Path, total: int, evaluate, chain, settings: dict, *,
+                 device, use_ema: bool = True, is_main: bool = True, rel_tol: float = 0.05):
+        self.path = Path(run_dir) / "curve.json"
+        self.at = set(evaluation_steps(total, settings["points"])) if total > 0 else set()
+        self.evaluate, self.chain, self.settings = evaluate, chain, settings
+        self.device, self.use_ema, self.is_main, self.rel_tol = device, use_ema, is_main, rel_tol
+        self.points: dict[int, dict] = {}
+        self.seconds = 0.0
+        try:
+            saved = json.loads(self.path.read_text())
+            if saved.get("settings") == settings:
+                self.points = {int(q["step"]): q for q in saved["points"]}
+        except (OSError, ValueError, KeyError, TypeError):
+            pass
+
+    def __call__(self, step: int, model, ema) -> None:
+        if not self.is_main or step not in self.at or step in self.points:
+            return
+        from ..training import unwrap
+
+        t0 = time.perf_counter()
+        net = ema if self.use_ema else unwrap(model)
+        devices = [self.device] if torch.device(self.device).type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            was = net.training
+            net.eval()
+            try:
+                x = generate(net, self.settings["n"], self.chain, "ancestral", 0.0, True,
+                             self.settings["batch"], self.settings["seed"], self.device)
+            finally:
+                net.train(was)
+        m = self.evaluate(x)
+        self.points[step] = {"step": int(step), "fd": m["fd"], "fd_boot_std": m["fd_boot_std"],
+                             "kid": m["kid"], "kid_std": m["kid_std"]}
+        write_json(self.path, {"settings": self.settings,
+                               "points": [self.points[k] for k in sorted(self.points)]})
+        self.seconds += time.perf_counter() - t0
+
+    def curve(self, final_step: int) -> LearningCurve:
+        c = LearningCurve("fd", rel_tol=self.rel_tol)
+        for k in sorted(self.points):
+            if k in self.at and k <= final_step:
+                q = self.points[k]
+                c.add(k, {key: q[key] for key in ("fd", "fd_boot_std", "kid", "kid_std")})
+        return c
+
+
+def _curve_chain(cfg: ImagesConfig, protocol: str, root, short) -> tuple[int, NoiseSchedule]:
+    if protocol == "long":
+        S = min(cfg.chains.sample_steps)
+        return S, root.respace(S, cfg.chains.spacing)
+    return cfg.chains.short_chain, short
 
 
 def _sampler_runs(cfg: ImagesConfig, protocol: str, is_smd: bool) -> list[tuple[str, int, bool]]:
@@ -208,9 +310,13 @@ def run_images(cfg: ImagesConfig, out: ImageOutputs, info: DistInfo | None = Non
                                          inception_weights)
     evaluations: list[Evaluation] = []
     models: dict[str, dict] = {}
+    fd_by_n = None
     if info.is_main:  # the floor of the metric at this n: held-out real images
         real = test_data.subset(cfg.eval.n_samples, torch.Generator().manual_seed(cfg.seed)).images
         evaluations.append(Evaluation("real (test split)", "data", "-", 0, evaluate(real)))
+        fd_by_n = fd_against_n(cfg, test_data, evaluate)
+        log("FD of held-out real images against n: " + ", ".join(
+            f"n={n}: {v:.3f}" for n, v in fd_by_n.items()))
 
     specs = cfg.models.specs()
     # (protocol, chain, steps, spec, seed): every model on both protocols with the main seed, then
@@ -232,10 +338,18 @@ def run_images(cfg: ImagesConfig, out: ImageOutputs, info: DistInfo | None = Non
                  "flip": d.flip, "image_size": d.image_size, "channels": d.channels,
                  "batch_size": cfg.batch_size, "world_size": info.world_size}
         tc = dataclasses.replace(cfg.train, steps=steps, seed=seed)
+        curve_S, curve_chain = _curve_chain(cfg, protocol, root, short)
+        curve_settings = {"points": cfg.eval.curve_points, "n": cfg.eval.curve_n,
+                          "sampler": "ancestral", "steps": curve_S, "seed": cfg.seed + 1,
+                          "batch": cfg.eval.sample_batch, "use_ema": cfg.eval.use_ema}
+        recorder = CurveRecorder(out.runs / label, steps, evaluate, curve_chain, curve_settings,
+                                 device=info.device, use_ema=cfg.eval.use_ema,
+                                 is_main=info.is_main, rel_tol=cfg.eval.curve_rel_tol)
         tr = train_image_model(model, objective, train_data.images, tc, batch_size=cfg.batch_size,
                                flip=d.flip, run_dir=out.runs / label, info=info,
-                               extra_config=extra, desc=label)
+                               extra_config=extra, desc=label, callback=recorder)
         res = tr.result
+        curve = recorder.curve(res.step)
         step_s, peak, train_s = _timing(out.runs / label, tr, info.is_main)
         ncfg = res.model.net.config
         models[label] = {"spec": spec.to_dict(), "protocol": protocol, "seed": seed,
@@ -246,9 +360,15 @@ def run_images(cfg: ImagesConfig, out: ImageOutputs, info: DistInfo | None = Non
                          "train_seconds": train_s,
                          "peak_memory_mib": peak,
                          "final_loss": res.log[-1]["loss"] if res.log else None,
-                         "loss_log": res.log, "global_batch": cfg.batch_size * info.world_size}
+                         "loss_log": res.log, "global_batch": cfg.batch_size * info.world_size,
+                         "curve": curve.to_dict(), "curve_settings": curve_settings,
+                         "curve_seconds_this_call": recorder.seconds}
         log(f"{label}: {tr.parameters} parameters, {res.step} steps "
             f"(resumed from {res.resumed_from}), {1000 * step_s:.1f} ms/step")
+        if info.is_main:
+            log(f"  curve ({len(curve.points)} points, n = {cfg.eval.curve_n}): FD " + ", ".join(
+                f"{q['step']}: {q['fd']:.2f}" for q in curve.points) +
+                f"; converged: {'yes' if curve.converged() else 'no'}")
         if info.is_main:
             net = res.ema if cfg.eval.use_ema else res.model
             net.eval()
@@ -282,11 +402,21 @@ def run_images(cfg: ImagesConfig, out: ImageOutputs, info: DistInfo | None = Non
         "device": str(info.device),
         "models": models,
         "evaluations": [dataclasses.asdict(e) for e in evaluations],
+        "fd_against_n": fd_by_n,
+        "convergence_rule": convergence_rule(cfg.eval.curve_rel_tol),
         "seconds": time.perf_counter() - t_start,
     }
     if info.is_main:
         _write_outputs(cfg, result, out, log)
     return result
+
+
+def convergence_rule(rel_tol: float) -> str:
+    return (f"converged when each of the FD curve's last 3 points lies within {rel_tol:.0%} of "
+            f"the final one (smdlab.convergence.is_converged with the relative tolerance alone: "
+            f"every point is sampled with the same seed, so differences between points are much "
+            f"more precise than one point's bootstrap spread, which is drawn as error bars); a "
+            f"curve of fewer than 3 points is not converged")
 
 
 def _sample_and_score(cfg, net, label, name, protocol, sampler, S, frozen, seed, root, short,

@@ -1,5 +1,5 @@
-"""The image comparison's figures, drawn from its result dict (metric curves, class frequencies,
-an overview of sample grids)."""
+"""The image comparison's figures, drawn from its result dict (metric curves, learning curves
+during training, class frequencies, an overview of sample grids)."""
 
 from __future__ import annotations
 
@@ -105,6 +105,50 @@ def make_figures(result: dict, out) -> list[Path]:
                          fontsize=7)
     figs.append(save_figure(fig, out.figures / "samples_overview.png"))
     plt.close(fig)
+    curves = learning_curves_figure(result, out, plt)
+    if curves is not None:
+        figs.append(curves)
     return figs
+
+
+def learning_curves_figure(result: dict, out, plt) -> Path | None:
+    """FD and KID against training steps, one line per model and protocol (dashed: not
+    converged by the rule), error bars: one point's bootstrap / subset spread."""
+    models = {k: m for k, m in result["models"].items() if (m.get("curve") or {}).get("points")}
+    if not models:
+        return None
+    from .report import model_converged
+
+    metric = result["feature_net"]["name"] if result["feature_net"] else "net"
+    protocols = [p for p in ("long", "short", "short-seed")
+                 if any(m["protocol"] == p for m in models.values())]
+    fig, axes = plt.subplots(2, len(protocols), figsize=(5.5 * len(protocols), 7), squeeze=False)
+    for j, protocol in enumerate(protocols):
+        for label, m in models.items():
+            if m["protocol"] != protocol:
+                continue
+            pts = m["curve"]["points"]
+            conv = model_converged(m)
+            name = m["spec"]["name"]
+            for i, key in enumerate(("fd", "kid")):
+                axes[i][j].errorbar([q["step"] for q in pts], [q[key] for q in pts],
+                                    yerr=[q[key + ("_boot_std" if key == "fd" else "_std")]
+                                          for q in pts], marker="o", ms=3,
+                                    capsize=2, ls="-" if conv else "--",
+                                    color=_COLORS.get(name),
+                                    label=f"{label} ({'converged' if conv else 'not converged'})")
+        n = next(iter(models.values())).get("curve_settings", {}).get("n", "?")
+        axes[0][j].set_title(f"{protocol} protocol (n = {n} per point)")
+        axes[0][j].set_ylabel(f"FD-{metric}")
+        axes[1][j].set_ylabel("KID")
+        for i in range(2):
+            axes[i][j].set_xlabel("training step")
+            axes[i][j].grid(alpha=0.3)
+            axes[i][j].legend(fontsize=6)
+    fig.suptitle("learning curves during training (EMA weights; dashed: fails the plateau rule)")
+    fig.tight_layout()
+    path = save_figure(fig, out.figures / "learning_curves.png")
+    plt.close(fig)
+    return path
 
 

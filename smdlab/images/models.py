@@ -5,8 +5,11 @@ Every model is a kernel of :mod:`smdlab.denoisers` around a :class:`~smdlab.imag
 * ``ddpm``: :class:`~smdlab.denoisers.GaussianDenoiser` with a plain U-Net;
 * ``smd``: :class:`~smdlab.denoisers.SMDDenoiser` with a latent-conditioned U-Net
   (``conditioning`` "hyper" (published form, O(d)), "hyper_naive" or "film") and a
-  :class:`~smdlab.images.unet.LatentGenerator` of ``generator_fraction`` of the width; eta is
-  image-shaped, z has ``latent_dim`` channels per pixel;
+  latent generator: ``generator="separate"`` (the published form, a
+  :class:`~smdlab.images.unet.LatentGenerator` U-Net of ``generator_fraction`` of the width) or
+  ``"shared"`` (a :class:`~smdlab.images.unet.SharedLatentGenerator`: one residual block of that
+  width on the conditioned U-Net's own stem features); eta is image-shaped, z has ``latent_dim``
+  channels per pixel;
 * ``ddpm-matched``: a plain U-Net whose parameter count is within 5% of the SMD model's (width
   searched by :func:`~smdlab.images.unet.capacity_matched_config`): the reviewers' control for
   "SMD only helps because it has more parameters".
@@ -20,9 +23,17 @@ import torch
 
 from ..denoisers import GaussianDenoiser, SMDDenoiser
 from ..schedules import NoiseSchedule
-from .unet import LatentGenerator, UNet, UNetConfig, capacity_matched_config, count_parameters
+from .unet import (
+    LatentGenerator,
+    SharedLatentGenerator,
+    UNet,
+    UNetConfig,
+    capacity_matched_config,
+    count_parameters,
+)
 
 KINDS = ("ddpm", "smd", "ddpm-matched")
+GENERATORS = ("separate", "shared")
 
 
 @dataclass
@@ -33,7 +44,9 @@ class ModelSpec:
     objective: "jensen", "multisample" or "energy" (see :mod:`smdlab.objectives`);
     n_samples: K (multisample) or M (energy) latent draws per example;
     conditioning: SMD's latent conditioning; latent_dim: z channels per pixel;
-    generator_fraction: latent generator width / U-Net width; parameterization: eps, x0 or v;
+    generator_fraction: latent generator width / U-Net width; generator: "separate" (the
+    published latent-generator network, default) or "shared" (built on the U-Net's own stem);
+    parameterization: eps, x0 or v;
     variance: beta_tilde or beta; match_to: for ddpm-matched, the SMD spec whose size it matches.
     """
 
@@ -47,8 +60,12 @@ class ModelSpec:
     parameterization: str = "v"
     variance: str = "beta_tilde"
     match_to: ModelSpec | None = None
+    generator: str = "separate"
 
     def __post_init__(self):
+        if self.generator not in GENERATORS:
+            raise ValueError(f"unknown latent generator {self.generator!r}; choose one of "
+                             f"{GENERATORS}")
         if self.kind not in KINDS:
             raise ValueError(f"unknown model kind {self.kind!r}; choose one of {KINDS}")
         if self.kind == "ddpm-matched" and (self.match_to is None or self.match_to.kind != "smd"):
@@ -59,11 +76,15 @@ class ModelSpec:
     def to_dict(self) -> dict:
         d = asdict(self)
         d["match_to"] = self.match_to.name if self.match_to is not None else None
+        if d["generator"] == "separate":
+            del d["generator"]   # the published default: checkpoints written before it resume
         return d
 
 
-def _generator(spec: ModelSpec, unet: UNetConfig) -> LatentGenerator:
+def _generator(spec: ModelSpec, unet: UNetConfig, net: UNet):
     width = max(4, int(round(unet.base_channels * spec.generator_fraction)))
+    if spec.generator == "shared":
+        return SharedLatentGenerator(net, spec.latent_dim, width)
     return LatentGenerator(unet.in_channels, spec.latent_dim, unet.image_size, width,
                            unet.channel_mults, 1)
 
@@ -73,7 +94,7 @@ def build_model(spec: ModelSpec, unet: UNetConfig, schedule: NoiseSchedule):
     shape = (unet.in_channels, unet.image_size, unet.image_size)
     if spec.kind == "smd":
         net = UNet(replace(unet, conditioning=spec.conditioning, latent_dim=spec.latent_dim))
-        return SMDDenoiser(net, _generator(spec, unet), schedule, shape, eta_shape=shape,
+        return SMDDenoiser(net, _generator(spec, unet, net), schedule, shape, eta_shape=shape,
                            parameterization=spec.parameterization, variance=spec.variance,
                            name=spec.name)
     if spec.kind == "ddpm-matched":

@@ -36,7 +36,7 @@ def _mnist_like(dataset: str) -> ImagesConfig:
         models=ModelsConfig(latent_dim=32),
         train=image_train_config(steps=20000, lr=2e-4, ema_decay=0.9995, warmup_steps=500,
                                  checkpoint_every=2000, log_every=100),
-        eval=EvalConfig(n_samples=5000, sample_batch=1000, classifier_steps=3000))
+        eval=EvalConfig(n_samples=5000, sample_batch=1000, classifier_steps=3000, curve_n=500))
 
 
 PRESETS: dict[str, ImagesConfig] = {
@@ -46,14 +46,15 @@ PRESETS: dict[str, ImagesConfig] = {
         net=NetConfig(base_channels=8, inner_dim=8), models=ModelsConfig(latent_dim=4),
         chains=ChainsConfig(short_chain=3, sample_steps=(10, 3), ddim_steps=(3,)),
         train=image_train_config(steps=30, checkpoint_every=15, log_every=3),
-        eval=EvalConfig(n_samples=48, classifier_steps=60, n_grid=16)),
+        eval=EvalConfig(n_samples=48, classifier_steps=60, n_grid=16, curve_n=24)),
     "tiny": ImagesConfig(
         preset="tiny", batch_size=8, short_train_steps=6, seed_repeats=(),
         data=DataConfig(image_size=8, n_train=200),
         net=NetConfig(base_channels=8, inner_dim=4), models=ModelsConfig(latent_dim=2),
         chains=ChainsConfig(short_chain=2, sample_steps=(4,), ddim_steps=(4,)),
         train=image_train_config(steps=6, checkpoint_every=3, log_every=1),
-        eval=EvalConfig(n_samples=24, classifier_steps=10, n_grid=4)),
+        eval=EvalConfig(n_samples=24, classifier_steps=10, n_grid=4, curve_n=8,
+                        curve_points=3)),
     "mnist": _mnist_like("mnist"),
     "fashion-mnist": _mnist_like("fashion-mnist"),
     "gpu-fashion": ImagesConfig(
@@ -65,7 +66,7 @@ PRESETS: dict[str, ImagesConfig] = {
         chains=ChainsConfig(sample_steps=(1000, 100, 50, 20, 10), ddim_steps=(100, 50, 20, 10)),
         train=image_train_config(steps=1500, lr=1e-3, ema_decay=0.998, warmup_steps=100,
                                  checkpoint_every=500, log_every=50),
-        eval=EvalConfig(n_samples=2000, sample_batch=1000, classifier_steps=1500)),
+        eval=EvalConfig(n_samples=2000, sample_batch=1000, classifier_steps=1500, curve_n=500)),
     "cifar10": ImagesConfig(
         preset="cifar10", batch_size=128, short_train_steps=800_000,
         data=DataConfig(dataset="cifar10", flip=True),
@@ -74,5 +75,6 @@ PRESETS: dict[str, ImagesConfig] = {
         models=ModelsConfig(latent_dim=100, generator_fraction=0.25),
         train=image_train_config(steps=800_000, lr=2e-4, ema_decay=0.9999, warmup_steps=5000,
                                  grad_clip=1.0, checkpoint_every=10_000, log_every=500),
-        eval=EvalConfig(n_samples=50_000, sample_batch=1000, classifier_steps=20_000)),
+        eval=EvalConfig(n_samples=50_000, sample_batch=1000, classifier_steps=20_000,
+                        curve_n=2000)),
 }

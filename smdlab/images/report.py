@@ -120,13 +120,57 @@ def is_smoke(result: dict) -> bool:
     return flat_config(result).get("preset") in SMOKE_PRESETS
 
 
+def model_converged(m: dict) -> bool | None:
+    """Did a model's FD learning curve pass the convergence rule?  None when it has no curve
+    (a result written before curves were recorded)."""
+    c = m.get("curve")
+    if not c:
+        return None
+    from ..convergence import LearningCurve
+    return LearningCurve.from_dict(c).converged()
+
+
+def unconverged_models(result: dict, labels) -> list[str]:
+    """The labels among ``labels`` (models of ``result``) not shown converged: those whose curve
+    fails the rule, and those without a curve."""
+    bad = []
+    for label in labels:
+        m = result["models"].get(label)
+        if m is None:
+            continue
+        ok = model_converged(m)
+        if ok is None:
+            bad.append(f"{label} (no learning curve)")
+        elif not ok:
+            bad.append(label)
+    return bad
+
+
+def _c5_models(result: dict) -> list[str]:
+    best = f"smd-{flat_config(result)['best_objective']}"
+    return [f"{p}-{n}" for p in ("long", "short")
+            for n in (best, "ddpm", "ddpm-matched", "smd-jensen")]
+
+
+def _l1_models(result: dict) -> list[str]:
+    return ["short-smd-jensen", f"short-smd-{flat_config(result)['best_objective']}"]
+
+
 def verdict_rows(result: dict) -> list[tuple[str, str, str]]:
-    """(claim, status, evidence) rows of an image result; a smoke run's rows are not judged."""
+    """(claim, status, evidence) rows of an image result; a row resting on a model not shown
+    converged has status "unconverged"; a smoke run's rows are not judged."""
+    from ..experiments.base import Verdict, gate_on_convergence
+
     status, evidence = c5_verdict(result)
-    rows = [(C5_CLAIM, status, f"{evidence} ({TIE_RULE})")]
+    rows = [(C5_CLAIM, status, f"{evidence} ({TIE_RULE})", _c5_models(result))]
     l1 = l1_verdict(result)
     if l1:
-        rows.append((L1_CLAIM, *l1))
+        rows.append((L1_CLAIM, *l1, _l1_models(result)))
+    gated = []
+    for claim, st, ev, labels in rows:
+        v = gate_on_convergence(Verdict(claim, st, ev), unconverged_models(result, labels))
+        gated.append((v.claim, v.status, v.evidence))
+    rows = gated
     if is_smoke(result):
         from ..experiments.base import SMOKE_STATUS
         from ..report import SMOKE_WHY
@@ -135,6 +179,54 @@ def verdict_rows(result: dict) -> list[tuple[str, str, str]]:
                  f"test accuracy {_fmt((result.get('feature_net') or {}).get('accuracy'))})")
                 for c, _, _ in rows]
     return rows
+
+
+def _gen_note(m: dict) -> str:
+    g = m["spec"].get("generator")
+    return f" ({g} generator)" if g and g != "separate" else ""
+
+
+def curve_section(result: dict, metric: str) -> list[str]:
+    """REPORT-images.md's learning curves: the figure, the rule, a table per model and the
+    metric's dependence on n."""
+    L = []
+    curves = {k: m for k, m in result["models"].items() if m.get("curve")}
+    curve_n = next((m.get("curve_settings") or {} for m in curves.values()), {}).get("n", "?")
+    if curves:
+        any_m = next(iter(curves.values()))
+        cs = any_m.get("curve_settings", {})
+        L += ["", "## Learning curves and convergence", "",
+              "![learning curves](figures/images/learning_curves.png)", "",
+              f"Each model's EMA weights were scored during training at up to "
+              f"{cs.get('points', '?')} steps spread over it, on n = {cs.get('n', '?')} samples "
+              f"(ancestral sampling on the fewest-step chain of its protocol; the same seed at "
+              f"every point). Rule: {result.get('convergence_rule', 'see smdlab.convergence')}. "
+              f"A verdict resting on a model that fails it reads \"unconverged\". ± values: "
+              f"the last point's bootstrap spread (FD) and subset spread (KID).", "",
+              f"| model | protocol | points | {metric} (first -> last, n = {cs.get('n', '?')}) | "
+              f"KID (last) | converged |", "|---|---|---|---|---|---|"]
+        for m in curves.values():
+            pts = m["curve"]["points"]
+            if not pts:
+                L.append(f"| {m['spec']['name']}{_gen_note(m)} | {m['protocol']} | 0 | - | - | "
+                         "no |")
+                continue
+            conv = model_converged(m)
+            L.append(f"| {m['spec']['name']}{_gen_note(m)} | {m['protocol']} | {len(pts)} | "
+                     f"{pts[0]['fd']:.3f} -> {pts[-1]['fd']:.3f} ± {pts[-1]['fd_boot_std']:.3f} | "
+                     f"{pts[-1]['kid']:.4f} ± {pts[-1]['kid_std']:.4f} | "
+                     f"{'yes' if conv else 'no'} |")
+    by_n = result.get("fd_against_n")
+    if by_n:
+        L += ["", f"### {metric} against n", "",
+              f"{metric} of n held-out real images against the training split: the metric's "
+              f"floor at each n.  FD estimated from n points is biased upwards (roughly like "
+              f"1/n), so numbers are comparable only at equal n: the curves use n = {curve_n}, "
+              f"the final evaluations n = {result['sampling']['n']}.", "",
+              "| n | " + " | ".join(str(n) for n in by_n) + " |",
+              "|---|" + "---|" * len(by_n),
+              f"| {metric} | " + " | ".join(f"{v:.3f}" for v in by_n.values()) + " |"]
+    return L
 
 
 def write_report(result: dict, out) -> Path:
@@ -164,11 +256,15 @@ def write_report(result: dict, out) -> Path:
           f"half their share of the generated images.", ""]
     L += ["## Models", "",
           "| model | protocol | seed | width / time-embedding | parameters | ms / train step "
-          "| final loss |", "|---|---|---|---|---|---|---|"]
+          "| final loss | converged |", "|---|---|---|---|---|---|---|---|"]
     for m in result["models"].values():
-        L.append(f"| {m['spec']['name']} | {m['protocol']} ({m['chain']}) | {m.get('seed', '')} | "
+        conv = model_converged(m)
+        L.append(f"| {m['spec']['name']}{_gen_note(m)} | {m['protocol']} ({m['chain']}) | "
+                 f"{m.get('seed', '')} | "
                  f"{m.get('width', '')} / {m.get('time_dim', '')} | {m['parameters']:,} | "
-                 f"{1000 * m['step_seconds']:.1f} | {_fmt(m['final_loss'], 4)} |")
+                 f"{1000 * m['step_seconds']:.1f} | {_fmt(m['final_loss'], 4)} | "
+                 f"{'no curve' if conv is None else 'yes' if conv else 'no'} |")
+    L += curve_section(result, metric)
     L += ["", "## Results", "", "![metrics](figures/images/metrics_vs_steps.png)", "",
           f"| model | protocol | sampler | steps | {metric} | KID | precision | recall | classes "
           f"| class TV | img/s |", "|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -224,10 +320,14 @@ def write_report(result: dict, out) -> Path:
         for v, label in (("plain", "plain U-Net"), ("hyper", "SMD conditioning, O(d) form"),
                          ("film", "FiLM conditioning"),
                          ("hyper_naive", "naive matrix hypernetwork (as published)"),
-                         ("smd", "full SMD (O(d) conditioning + latent generator)")):
+                         ("smd", "full SMD (O(d) conditioning + separate latent generator)"),
+                         ("smd_shared", "full SMD (O(d) conditioning + shared-stem generator)")):
             if v in r:
-                L.append(f"| {label} | {1000 * r[v]['step_seconds']:.1f} | "
-                         f"{r[v]['time_ratio_to_plain']:.2f} | {r[v]['memory_ratio_to_plain']:.2f} |")
+                inter = (b.get("interleaved") or {}).get(v)
+                ratio = (f"{inter['min_ratio_to_plain']:.2f} (interleaved, CPU time)" if inter
+                         else f"{r[v]['time_ratio_to_plain']:.2f}")
+                ms = inter["min_ms"] if inter else 1000 * r[v]["step_seconds"]
+                L.append(f"| {label} | {ms:.1f} | {ratio} | {r[v]['memory_ratio_to_plain']:.2f} |")
         L.append("")
     L += ["## Presets for GPU users", "",
           "- `python -m smdlab.images --preset fashion-mnist --data-root DIR` (IDX files; Debian: "

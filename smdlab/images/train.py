@@ -75,21 +75,28 @@ class ImageTrainResult:
 def train_image_model(model: nn.Module, objective, images: torch.Tensor, config: TrainConfig, *,
                       batch_size: int = 64, flip: bool = False, run_dir=None,
                       info: DistInfo | None = None, extra_config: dict | None = None,
-                      desc: str = "train") -> ImageTrainResult:
+                      desc: str = "train", callback=None) -> ImageTrainResult:
     """Train ``model`` (a denoiser) with ``objective`` on ``images`` (N, C, H, W).
 
     The per-process batch is ``batch_size`` (the global batch is batch_size x world size).  With
     ``info.distributed`` the model is DDP-wrapped; only rank 0 writes checkpoints to ``run_dir``.
+    ``callback(step, model, ema)`` runs after every step (e.g. a learning-curve evaluation); its
+    time is left out of the measured step time.
     """
     info = info or DistInfo()
     net = wrap(model, info)
     data = ImageBatches(images.to(info.device), batch_size, config.seed, info.rank, flip)
     stamps: list[float] = []
+    paused = [0.0]     # seconds spent in ``callback``, not training
 
     def clock(step, m, ema):
         if info.device.type == "cuda":
             torch.cuda.synchronize(info.device)
-        stamps.append(time.perf_counter())
+        stamps.append(time.perf_counter() - paused[0])
+        if callback is not None:
+            t0 = time.perf_counter()
+            callback(step, m, ema)
+            paused[0] += time.perf_counter() - t0
 
     if info.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(info.device)

@@ -15,7 +15,10 @@ after the input conv and right before the output conv, through a module of
 :mod:`smdlab.conditioning` (``"hyper"``: W = u u^T + softplus(c) I per pixel computed in O(d);
 ``"hyper_naive"``: the same with the matrices built, for the benchmark; ``"film"``: per-channel
 scale and shift).  The latent generator for images, :class:`LatentGenerator`, is a small time-conditioned
-U-Net on concat(x_t, eta) whose output is the per-pixel latent.
+U-Net on concat(x_t, eta) whose output is the per-pixel latent (the published form).
+:class:`SharedLatentGenerator` is the cheap alternative: it reuses the U-Net's own stem (its input
+conv features and time embedding, computed once for both) and adds one residual block on
+stem + embed(eta), so the latent costs one full-resolution block instead of a second U-Net.
 """
 
 from __future__ import annotations
@@ -208,6 +211,19 @@ class UNet(nn.Module):
     def latent_dim(self) -> int:
         return self.config.latent_dim if self.config.conditioning != "none" else 0
 
+    def stem(self, x: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(conv_in(x), time embedding): the first features of :meth:`forward`, which a
+        :class:`SharedLatentGenerator` reuses.  When the generator computed them for the same
+        x and t objects, they are taken from its one-slot cache instead of recomputed."""
+        cache, self._stem_cache = getattr(self, "_stem_cache", None), None
+        if cache is not None and cache[0] is x and cache[1] is t:
+            return cache[2], cache[3]
+        t = torch.as_tensor(t, device=x.device)
+        if t.ndim == 0:
+            t = t.expand(x.shape[0])
+        temb = self.time_mlp(timestep_embedding(t, self.config.base_channels).to(x.dtype))
+        return self.conv_in(x), temb
+
     def forward(self, x: torch.Tensor, t: torch.Tensor,
                 z: torch.Tensor | None = None) -> torch.Tensor:
         """x (N, C, H, W), t (N,) root step indices, z (N, Z, H, W) or None -> (N, C_out, H, W)."""
@@ -216,11 +232,7 @@ class UNet(nn.Module):
         if (z is None) != (self.cond_in is None):
             raise ValueError("this U-Net " + ("needs a latent z" if z is None else
                                               "has no latent conditioning but was given z"))
-        t = torch.as_tensor(t, device=x.device)
-        if t.ndim == 0:
-            t = t.expand(x.shape[0])
-        temb = self.time_mlp(timestep_embedding(t, self.config.base_channels).to(x.dtype))
-        h = self.conv_in(x)
+        h, temb = self.stem(x, t)
         if self.cond_in is not None:
             h = self.cond_in(h, z)
         skips = [h]
@@ -262,6 +274,42 @@ class LatentGenerator(nn.Module):
 
     def forward(self, x_t: torch.Tensor, eta: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         return self.net(torch.cat([x_t, eta], 1), t)
+
+
+class SharedLatentGenerator(nn.Module):
+    """z = g(x_t, eta, t) built on the conditioned U-Net's own stem (the cheap generator).
+
+    h0 = conv_in(x_t) and the time embedding are the U-Net's (shared weights, computed once: the
+    U-Net's next :meth:`UNet.stem` call on the same x_t and t takes them from a one-slot cache);
+    z = conv1x1(SiLU(GN(ResBlock(h0 + conv_eta(eta), temb)))), ``width`` channels inside.  The
+    latent still depends on x_t, t and eta, so the SMD kernel contract is unchanged.  The U-Net
+    is held by reference, not registered: its parameters (and state-dict keys) stay the U-Net's.
+    """
+
+    def __init__(self, unet: UNet, latent_dim: int, width: int = 8):
+        super().__init__()
+        cfg = unet.config
+        if unet.cond_in is None:
+            raise ValueError("a shared latent generator needs a latent-conditioned U-Net")
+        self._trunk = (unet,)           # a tuple, so nn.Module does not register it
+        self.eta_shape = (cfg.in_channels, cfg.image_size, cfg.image_size)
+        self.latent_dim = latent_dim
+        t_dim = cfg.time_dim or 4 * cfg.base_channels
+        self.eta_in = nn.Conv2d(cfg.in_channels, cfg.base_channels, 3, padding=1)
+        self.block = ResBlock(cfg.base_channels, width, t_dim)
+        self.norm = group_norm(width)
+        self.out = nn.Conv2d(width, latent_dim, 1)   # 1x1: Z outputs per pixel stay cheap
+
+    @property
+    def unet(self) -> UNet:
+        return self._trunk[0]
+
+    def forward(self, x_t: torch.Tensor, eta: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        unet = self.unet
+        h0, temb = unet.stem(x_t, t)
+        unet._stem_cache = (x_t, t, h0, temb)       # the U-Net's stem call reuses these
+        h = self.block(h0 + self.eta_in(eta.to(h0.dtype)), temb)
+        return self.out(F.silu(self.norm(h)))
 
 
 def capacity_matched_config(target_params: int, config: UNetConfig,
