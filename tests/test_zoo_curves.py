@@ -3,6 +3,7 @@ reloaded, the grid KL only on few-step 2-D chains, and evaluation that leaves tr
 
 import dataclasses
 
+import pytest
 import torch
 
 from smdlab.convergence import evaluation_steps
@@ -21,7 +22,7 @@ def _zoo(n_evals):
                                      noise_dim=2, inner_dim=4),
                   train=toy_train_config(steps=12, warmup_steps=2), batch_size=32,
                   snapshots=(1.0,), n_evals=n_evals, curve_samples=30, curve_grid=12,
-                  curve_latent=2, workers=1)
+                  curve_latent=2, workers=1, kind_steps=())
 
 
 def test_curves_have_the_planned_points_and_reload(tmp_path):
@@ -96,3 +97,17 @@ def test_kl_evaluations_spend_the_latent_grid_on_the_rules_window():
     assert kl_evaluations(zoo, "smd-jensen", steps) == set(steps[-3:])
     assert kl_evaluations(dataclasses.replace(zoo, curve_kl_last=0), "smd-energy", steps) == \
         set(steps)
+
+
+def test_kind_steps_stretch_one_kind_and_keep_the_others_keys(tmp_path):
+    from smdlab.experiments.toy_zoo import model_key
+    zoo = dataclasses.replace(_zoo(2), kind_steps=("smd-energy=2.5",))
+    assert zoo.steps_for("smd-energy") == 30 and zoo.steps_for("ddpm") == 12
+    tm = train_one(zoo, "smd-energy", 4, 0, tmp_path)
+    assert tm.steps == 30 and [p["step"] for p in tm.curve.points] == evaluation_steps(30, 2)
+    other = dataclasses.replace(zoo, kind_steps=("smd-energy=3",))
+    assert model_key(other, "ddpm", 4, 0) == model_key(zoo, "ddpm", 4, 0)
+    assert model_key(other, "smd-energy", 4, 0) != model_key(zoo, "smd-energy", 4, 0)
+    for bad in (("smd-energy=0",), ("nope=2",), ("smd-energy=x",)):
+        with pytest.raises(ValueError, match="kind_steps"):
+            dataclasses.replace(zoo, kind_steps=bad)
