@@ -211,6 +211,8 @@ def _grid_push(mixture, kernel, pairs, n, n_latent, generator, width, prune, pro
     worst, alias, total_work = 0.0, 0.0, 0.0
     bar = None
     for i, (t, s) in enumerate(pairs):
+        if not (torch.isfinite(mass).all() and (mass > 0).any()):
+            return _no_mass(mixture, ab, width, n, pairs, pruned, worst, alias, total_work)
         keep = mass > prune * mass.max()
         pruned += mass[~keep].sum().item()
         source_mass = mass.sum().item()
@@ -255,6 +257,19 @@ def _grid_push(mixture, kernel, pairs, n, n_latent, generator, width, prune, pro
             "mass_lost": 1.0 - source_mass, "p_mass_in_box": mass.sum().item(),
             "mass_pruned": pruned, "n_grid": n, "steps": len(pairs), "resolution": worst,
             "grid_error": alias, "work": total_work}
+
+
+def _no_mass(mixture, ab, width, n, pairs, pruned, worst, alias, work) -> dict:
+    """The result of a push in which the model's mass left every box (or became NaN): p has no
+    mass where q lives, so the KL is infinite, and no finer grid changes that (resolved)."""
+    axes = make_grid(*step_box(mixture, ab[0].item(), width), n)
+    log_q = mixture_log_prob(mixture, grid_points(axes))
+    shape = [a.numel() for a in axes]
+    return {"kl": math.inf, "kl_raw": math.inf, "grid": [a.numpy() for a in axes],
+            "density": np.zeros(shape), "q_density": log_q.exp().reshape(shape).numpy(),
+            "mass_lost": 1.0, "p_mass_in_box": 0.0, "mass_pruned": pruned, "n_grid": n,
+            "steps": len(pairs), "resolution": worst, "grid_error": alias, "work": work,
+            "no_mass": True}
 
 
 def _push_work(dist, n_src: int, n: int, D: int) -> float:

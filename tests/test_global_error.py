@@ -179,3 +179,23 @@ def test_e4_thousand_step_two_mode_chain_is_resolved():
     r = grid_global_error(TWO, k, SCHED.respace(1000), n_grid=384)
     assert r["resolved"] and r["n_grid"] >= 768
     assert r["kl"] == pytest.approx(0.0012043717467554683, rel=1e-6)   # 1536 nodes
+
+
+def test_a_chain_whose_mass_leaves_every_box_has_infinite_kl_not_a_crash():
+    # A kernel that throws every point far away: after one jump no grid node holds mass, which
+    # is a definite answer (no mass where q lives), not an error.
+    from smdlab.distributions import Gaussian
+    from smdlab.global_error import grid_global_error
+    from smdlab.kernels import BestGaussianKernel
+    from smdlab.mixture import GaussianMixture
+    from smdlab.schedules import NoiseSchedule
+
+    class Runaway(BestGaussianKernel):
+        def distribution(self, x_t, t, s, generator=None, n_latent=None):
+            g = super().distribution(x_t, t, s, generator, n_latent)
+            return Gaussian(g.mean() + 1e6, variance=g.variance) if s > 0 else g
+
+    mix = GaussianMixture.two_modes(2.0, 0.1)
+    root = NoiseSchedule.linear(100)
+    res = grid_global_error(mix, Runaway(mix, root.respace(4), "beta_tilde"), n_grid=64)
+    assert res["kl"] == float("inf") and res.get("no_mass")
