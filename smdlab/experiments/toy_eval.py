@@ -34,10 +34,18 @@ def kernel_dim(kernel) -> int:
 
 
 def draw_samples(kernel, chain: NoiseSchedule, n: int, seed: int) -> torch.Tensor:
-    """n ancestral samples (n, D) of ``kernel`` on ``chain`` from a generator seeded ``seed``."""
+    """n ancestral samples (n, D) of ``kernel`` on ``chain`` from a generator seeded ``seed``.
+
+    A chain that diverges (a step meets non-finite values: a model sampled far from what it was
+    trained on) returns all-NaN samples, which :func:`score` reports as diverged."""
     g = torch.Generator().manual_seed(seed)
     x_T = torch.randn(n, kernel_dim(kernel), generator=g, dtype=torch.float64)
-    return ancestral_sample(kernel, x_T, chain, generator=g)
+    try:
+        return ancestral_sample(kernel, x_T, chain, generator=g)
+    except ValueError as e:
+        if "finite" not in str(e):
+            raise
+        return torch.full_like(x_T, math.nan)
 
 
 def sample_seed(model: TrainedModel, sample_S: int) -> int:
@@ -58,6 +66,11 @@ def score(mix, kernel, chain: NoiseSchedule, sizes: ToyEval, seed: int, grid: bo
     An infinite KL means the chain put (almost) no mass where the target lives."""
     if samples is None:
         samples = draw_samples(kernel, chain, sizes.n_eval, seed)
+    if not torch.isfinite(samples).any():
+        # The chain diverged: no sample lands anywhere, and no density can be pushed through it
+        # (its kernel means leave the floats); both read as "nothing where q lives".
+        return {"diverged": 1.0, "in_mode_share": 0.0, "kl": math.inf, "kl_resolved": True,
+                "mass_lost": 1.0}, samples
     row = {k: float(v) for k, v in sample_metrics(mix, samples,
                                                   generator=torch.Generator().manual_seed(seed)
                                                   ).items() if _is_number(v)}
