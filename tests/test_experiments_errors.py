@@ -98,3 +98,26 @@ def test_e1_shapes(results):
     for r in d["two_modes"] + d["grid"]:
         assert r["kl"] > -4 * r["kl_se"] - 1e-9
         assert r["effective_components"] >= 1 - 1e-9
+
+
+def test_a_diverging_chain_is_scored_as_diverged_not_raised():
+    # A kernel whose means leave the floats on the second jump: the evaluation reports it.
+    import torch
+
+    from smdlab.distributions import Gaussian
+    from smdlab.experiments.toy_config import ToyEval
+    from smdlab.experiments.toy_eval import score
+    from smdlab.kernels import BestGaussianKernel
+    from smdlab.mixture import GaussianMixture
+    from smdlab.schedules import NoiseSchedule
+
+    class Blowup(BestGaussianKernel):
+        def distribution(self, x_t, t, s, generator=None, n_latent=None):
+            g = super().distribution(x_t, t, s, generator, n_latent)
+            return Gaussian(g.mean() * float("inf"), variance=g.variance) if s == 0 else g
+
+    mix = GaussianMixture.grid(3, 0.5, 0.05)
+    chain = NoiseSchedule.linear(100).respace(4)
+    row, x = score(mix, Blowup(mix, chain, "beta_tilde"), chain, ToyEval.quick(), seed=0)
+    assert row["diverged"] and row["kl"] == float("inf") and row["in_mode_share"] == 0.0
+    assert torch.isnan(x).all()
