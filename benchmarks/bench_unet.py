@@ -72,6 +72,17 @@ def clock(dev) -> float:
     return time.perf_counter() if dev.type == "cuda" else time.process_time()
 
 
+def timed(f, dev) -> float:
+    """Seconds of one call of ``f`` by :func:`clock`, synchronised on CUDA."""
+    if dev.type == "cuda":
+        torch.cuda.synchronize()
+    t0 = clock(dev)
+    f()
+    if dev.type == "cuda":
+        torch.cuda.synchronize()
+    return clock(dev) - t0
+
+
 def make_step(args, variant):
     """(model, step()): one AdamW train step of ``variant`` on a fixed batch."""
     torch.manual_seed(0)
@@ -108,13 +119,7 @@ def interleaved(args, variants) -> dict:
     times = {v: [] for v in variants}
     for _ in range(args.interleaved_steps):
         for v, f in steps.items():
-            if dev.type == "cuda":
-                torch.cuda.synchronize()
-            t0 = clock(dev)
-            f()
-            if dev.type == "cuda":
-                torch.cuda.synchronize()
-            times[v].append(1000 * (clock(dev) - t0))
+            times[v].append(1000 * timed(f, dev))
     return {v: {"min_ms": min(ts), "median_ms": sorted(ts)[len(ts) // 2], "n_steps": len(ts)}
             for v, ts in times.items()}
 
@@ -163,13 +168,7 @@ def _fwd_bwd_seconds(args, fn, inputs, params) -> float:
         once()
     times = []
     for _ in range(args.steps):
-        if dev.type == "cuda":
-            torch.cuda.synchronize()
-        t0 = clock(dev)
-        once()
-        if dev.type == "cuda":
-            torch.cuda.synchronize()
-        times.append(clock(dev) - t0)
+        times.append(timed(once, dev))
     return sorted(times)[len(times) // 2]
 
 
