@@ -132,38 +132,83 @@ class Gaussian:
 
 
 class LatentMixture:
-    """p(x) = (1/L) sum_l N(x; means[:, l], variance I): a latent-variable kernel seen through L
-    latent draws.  ``log_prob`` is then a log-mean-exp over the draws, a consistent estimate of the
+    """p(x) = sum_l w_l N(x; means[:, l], variances[:, l] I): a latent-variable kernel seen through
+    L latent draws (equal weights 1/L, one variance per point: an SMD kernel), or a finite
+    Gaussian mixture with weights and a variance per component (a discrete-latent kernel, e.g.
+    :class:`smdlab.mixture_kernel.MixtureDenoiser`, whose density is then exact).
+
+    For latent draws ``log_prob`` is a log-mean-exp over the draws, a consistent estimate of the
     true log-density that is biased low for finite L (so a KL estimate built on it is biased high).
 
     Args:
-        means: (N, L, D) kernel means, one per latent draw.
-        variance: isotropic variance, a float or an (N,) tensor.
+        means: (N, L, D) kernel means, one per latent draw or component.
+        variance: isotropic variance, a float, an (N,) tensor (shared by the L components) or an
+            (N, L) tensor (one per component).
+        log_weights: (N, L) log mixture weights (each row normalised: logsumexp 0), or None for
+            equal weights 1/L.
+    Attributes: ``variances`` (N, L) always; ``variance`` (N,) when the components share it,
+    else None; ``log_weights`` (N, L) always; ``weighted``: whether weights were given.
     """
 
-    def __init__(self, means: torch.Tensor, variance: float | torch.Tensor):
+    def __init__(self, means: torch.Tensor, variance: float | torch.Tensor,
+                 log_weights: torch.Tensor | None = None):
         _check_tensor(means, "means", 3, "(N, L, D)")
         self.means = means
         N, self.L, self.D = means.shape
         if self.L < 1:
             raise ValueError("means must hold at least one latent draw (L >= 1)")
-        self.variance = _check_variance(variance, means, N)
+        if isinstance(variance, torch.Tensor) and variance.ndim == 2:
+            if tuple(variance.shape) != (N, self.L):
+                raise ValueError(f"a per-component variance must be (N, L) = ({N}, {self.L}); got "
+                                 f"{tuple(variance.shape)}")
+            var = variance.to(means)
+            if not torch.isfinite(var).all() or (var <= 0).any():
+                raise ValueError("variance must be finite and positive")
+            self.variance, self.variances = None, var
+        else:
+            self.variance = _check_variance(variance, means, N)
+            self.variances = self.variance[:, None].expand(N, self.L)
+        self.weighted = log_weights is not None
+        if log_weights is None:
+            self.log_weights = torch.full((N, self.L), -math.log(self.L), dtype=means.dtype,
+                                          device=means.device)
+        else:
+            if not isinstance(log_weights, torch.Tensor) or tuple(log_weights.shape) != (N, self.L):
+                raise ValueError(f"log_weights must be an (N, L) = ({N}, {self.L}) tensor; got "
+                                 f"{getattr(log_weights, 'shape', type(log_weights).__name__)}")
+            lw = log_weights.to(means)
+            if torch.isnan(lw).any() or (lw == math.inf).any():
+                raise ValueError("log_weights must not be NaN or +inf")
+            norm = torch.logsumexp(lw, -1)
+            if not torch.isfinite(norm).all() or (norm.abs() > 1e-6).any():
+                raise ValueError("log_weights must be normalised per point (logsumexp 0)")
+            self.log_weights = lw
 
     def log_prob(self, x: torch.Tensor) -> torch.Tensor:
         d = x[:, None, :] - self.means
-        v = self.variance[:, None]
+        v = self.variances
         comp = -0.5 * ((d * d).sum(-1) / v + self.D * (LOG_2PI + v.log()))
-        return torch.logsumexp(comp, -1) - math.log(self.L)
+        if not self.weighted:
+            return torch.logsumexp(comp, -1) - math.log(self.L)
+        return torch.logsumexp(comp + self.log_weights, -1)
 
     def sample(self, generator: torch.Generator | None = None) -> torch.Tensor:
         N = self.means.shape[0]
-        idx = torch.randint(self.L, (N,), generator=generator, device=self.means.device)
-        mu = self.means[torch.arange(N, device=self.means.device), idx]
+        dev = self.means.device
+        if self.weighted:
+            idx = torch.multinomial(self.log_weights.exp().to(torch.float64), 1,
+                                    generator=generator)[:, 0]
+        else:
+            idx = torch.randint(self.L, (N,), generator=generator, device=dev)
+        rows = torch.arange(N, device=dev)
+        mu = self.means[rows, idx]
         eps = torch.randn(mu.shape, dtype=mu.dtype, device=mu.device, generator=generator)
-        return mu + self.variance.sqrt()[:, None] * eps
+        return mu + self.variances[rows, idx].sqrt()[:, None] * eps
 
     def mean(self) -> torch.Tensor:
-        return self.means.mean(1)
+        if not self.weighted:
+            return self.means.mean(1)
+        return (self.log_weights.exp()[..., None] * self.means).sum(1)
 
 
 def _check_tensor(x, name: str, ndim: int, shape: str) -> None:

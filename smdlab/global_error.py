@@ -93,7 +93,7 @@ def _step_aliasing(dist, keep: torch.Tensor, mass: torch.Tensor, n: int, D: int,
         sds = [sd_k[k].expand(w.shape[0]) / w[:, k].clamp_min(1e-300) for k in range(dist.K)]
         # (dividing sd by the weight scales each component's error by its weight, roughly)
     elif isinstance(dist, LatentMixture):
-        r = float(np.max(h) / dist.variance.sqrt().min().item())
+        r = float(np.max(h) / dist.variances.sqrt().min().item())
         return 2 * math.exp(-2 * math.pi ** 2 / r ** 2) if r > 0 else 0.0, r
     else:
         return 0.0, 0.0

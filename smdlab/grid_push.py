@@ -109,9 +109,14 @@ def push_density(dist, mass: torch.Tensor, axes: list[torch.Tensor],
         return _push_full(axes, mass, dist.mean(), cov)
     if isinstance(dist, LatentMixture):
         N, L, _ = dist.means.shape
-        m = (mass[:, None] / L).expand(N, L).reshape(-1)
-        var = dist.variance[:, None, None].expand(N, L, D).reshape(-1, D)
-        return _push_axis_aligned(axes, m, dist.means.reshape(-1, D), var)
+        if not dist.weighted:
+            m = (mass[:, None] / L).expand(N, L).reshape(-1)
+            var = dist.variance[:, None, None].expand(N, L, D).reshape(-1, D)
+            return _push_axis_aligned(axes, m, dist.means.reshape(-1, D), var)
+        m = (mass[:, None] * dist.log_weights.exp()).reshape(-1)
+        keep = m > prune * m.max()          # components carrying no mass are left out
+        var = dist.variances[..., None].expand(N, L, D).reshape(-1, D)
+        return _push_axis_aligned(axes, m[keep], dist.means.reshape(-1, D)[keep], var[keep])
     if isinstance(dist, MixturePosterior):
         out = 0
         w = dist.weights
@@ -154,7 +159,10 @@ def kernel_box(dist, width: float) -> tuple[np.ndarray, np.ndarray]:
         var = dist.variance if dist.isotropic else torch.diagonal(dist.covariance, dim1=-2,
                                                                    dim2=-1).amax(-1)
     elif isinstance(dist, LatentMixture):
-        mu, var = dist.means.reshape(-1, dist.D), dist.variance.repeat_interleave(dist.L)
+        mu, var = dist.means.reshape(-1, dist.D), dist.variances.reshape(-1)
+        if dist.weighted:       # components of negligible weight cannot widen the box
+            keep = dist.log_weights.reshape(-1) > math.log(1e-12)
+            mu, var = mu[keep], var[keep]
     elif isinstance(dist, MixturePosterior):
         mu = (dist.mean())
         var = dist.covariance_trace()

@@ -125,10 +125,12 @@ def ratio_moment_bound(dist, post: MixturePosterior) -> torch.Tensor:
             li = _log_int_p4_q3_full(dist.mean(), dist.covariance, means[:, k],
                                      post.covariances[k])
         elif isinstance(dist, LatentMixture):
-            per_l = torch.stack([_log_int_p4_q3_iso(dist.means[:, j], dist.variance, means[:, k],
-                                                    lam, U, post.axis_aligned)
+            # p^4 = (sum_l w_l N_l)^4 <= sum_l w_l N_l^4 (convexity), equal or unequal weights
+            per_l = torch.stack([_log_int_p4_q3_iso(dist.means[:, j], dist.variances[:, j],
+                                                    means[:, k], lam, U, post.axis_aligned)
                                  for j in range(dist.L)], -1)
-            li = torch.logsumexp(per_l, -1) - math.log(dist.L)
+            li = (torch.logsumexp(per_l + dist.log_weights, -1) if dist.weighted
+                  else torch.logsumexp(per_l, -1) - math.log(dist.L))
         else:
             return best
         best = torch.minimum(best, li - 3 * lw[:, k])

@@ -279,7 +279,7 @@ def local_errors(mixture: GaussianMixture, kernels: list[ReverseKernel], t: int,
     out = []
     for kernel in kernels:
         dist = _kernel_distribution(kernel, post, x_t, t, s, generator, n_latent, mixture, root)
-        latent = isinstance(dist, LatentMixture)
+        latent = isinstance(dist, LatentMixture) and not dist.weighted   # draws, not components
         method = "gaussian-cv" if isinstance(dist, Gaussian) else ("latent-mc" if latent else "mc")
         if dist is post:   # the exact kernel: the log ratio is identically zero
             out.append(LocalError(0.0, 0.0, n_points, n_mc, None, method, t, s, kernel.name,

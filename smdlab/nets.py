@@ -108,12 +108,13 @@ class VectorMLP(nn.Module):
         inner_dim, n_layers: the hypernetwork's width and number of W_l.
         fourier, fourier_scale: number of :class:`FourierFeatures` frequencies per input
             coordinate (0: the raw coordinates only) and the lowest frequency's scale.
+        out_dim: width of the output (None: dim; a mixture head needs more).
     """
 
     def __init__(self, dim: int, hidden: int = 128, depth: int = 2, time_dim: int = 64,
                  T: int = 1000, latent_dim: int = 0, conditioning: str = "hyper",
                  inner_dim: int = 32, n_layers: int = 2, fourier: int = 0,
-                 fourier_scale: float = 1.0):
+                 fourier_scale: float = 1.0, out_dim: int | None = None):
         super().__init__()
         if min(dim, hidden, depth, time_dim, T) < 1 or latent_dim < 0:
             raise ValueError("VectorMLP needs positive dim, hidden, depth, time_dim, T and "
@@ -121,12 +122,14 @@ class VectorMLP(nn.Module):
                              f"{latent_dim}")
         if fourier < 0:
             raise ValueError(f"fourier (frequencies per coordinate) must be >= 0; got {fourier}")
+        if out_dim is not None and out_dim < 1:
+            raise ValueError(f"out_dim must be >= 1 (None: dim); got {out_dim}")
         self.dim, self.latent_dim = dim, latent_dim
         self.time = TimeEmbedding(time_dim, T)
         self.features = FourierFeatures(dim, fourier, fourier_scale) if fourier else None
         self.inp = nn.Linear(self.features.out_dim if fourier else dim, hidden)
         self.blocks = nn.ModuleList(_ResBlock(hidden, time_dim) for _ in range(depth))
-        self.out = nn.Linear(hidden, dim)
+        self.out = nn.Linear(hidden, dim if out_dim is None else out_dim)
         self.act = nn.SiLU()
         if latent_dim:
             kw = {} if conditioning == "film" else {"inner_dim": inner_dim, "n_layers": n_layers}

@@ -40,6 +40,10 @@ forward process, (x_s, x_t) ~ q.
     (the other jumps' common noise is left out of both sides), so the minimiser is the kernel
     whose final jump, noise included, is q(x_0 | x_t).
 
+``nll``.  For the discrete-latent kernel of :mod:`smdlab.mixture_kernel` only: -log p(x_0 | x_t)
+    of its mixture posterior, exact (no latent draws, no bound), per dimension; it bounds the
+    local error of every jump from t (data processing, see that module).
+
 Likelihood weighting.  The per-example loss -log p is multiplied by w = 2 s2 / (c0^2 D) and its
 x-independent constant dropped: a positive weight per step does not move any step's minimiser,
 and it puts every step on the scale of a squared error in x0 per dimension (for K = 1 the loss is
@@ -57,7 +61,7 @@ from .parameterization import posterior_coefficients
 from .schedules import NoiseSchedule
 from .training import unwrap
 
-OBJECTIVES = ("jensen", "multisample", "energy")
+OBJECTIVES = ("jensen", "multisample", "energy", "nll")
 ENERGY_SPACES = ("x0", "kernel")
 T_SAMPLINGS = ("uniform", "lognormal")
 
@@ -100,7 +104,8 @@ class Objective:
     """A training loss for a denoiser on a chain.
 
     Args:
-        kind: ``"jensen"``, ``"multisample"`` or ``"energy"``.
+        kind: ``"jensen"``, ``"multisample"``, ``"energy"`` or ``"nll"`` (the exact likelihood of
+            a :class:`~smdlab.mixture_kernel.MixtureDenoiser`'s clean-point posterior).
         chain: the chain whose jumps are trained (a schedule or a respacing of the model's).
         n_samples: K for ``multisample`` (>= 1), M for ``energy`` (>= 2); ignored by ``jensen``.
         weighting: for ``jensen``: ``"simple"`` (regression in the parameterisation's space) or
@@ -169,6 +174,13 @@ class Objective:
             out = model(x_t, t, eta).to(x0.dtype)     # float32 losses under bf16 autocast
             loss = (out - den.regression_target(x0, eps, t)).square().flatten(1).mean(1)
             return loss.mean(), {}
+        if self.kind == "nll":
+            from .mixture_kernel import MixtureDenoiser, posterior_nll
+
+            if not isinstance(den, MixtureDenoiser):
+                raise ValueError(f"the nll objective trains a MixtureDenoiser (its likelihood is "
+                                 f"exact); got {type(den).__name__}")
+            return posterior_nll(model, den, x0, x_t, t)
         if self.kind == "energy":
             return _energy(model, den, x0, x_t, t, s, self.n_samples, generator,
                            self.energy_space == "kernel")

@@ -23,6 +23,7 @@ from smdlab.distributions import Gaussian
 from smdlab.images.models import ModelSpec, build_model
 from smdlab.images.unet import UNetConfig
 from smdlab.local_error import local_error
+from smdlab.mixture_kernel import MixtureDenoiser, build_mixture_mlp
 from smdlab.nets import VectorLatentGenerator, VectorMLP
 
 ROOT = NoiseSchedule.linear(100)
@@ -50,6 +51,12 @@ def _vec_smd(sched):
                        VectorLatentGenerator(1, 2, 4, hidden=8, T=100), sched, 1, 2, "v").eval()
 
 
+def _vec_mixture(sched):
+    torch.manual_seed(0)
+    return _perturbed(MixtureDenoiser(build_mixture_mlp(1, 3, hidden=16, depth=1, time_dim=8,
+                                                        T=100), sched, 1, 3, "v"))
+
+
 def _img(kind):
     def make(sched):
         torch.manual_seed(0)
@@ -65,6 +72,7 @@ KERNELS = {
     "smd-construction": lambda s: MixtureConstructionKernel(MIX, s),
     "ddpm-vector": _vec_ddpm,
     "smd-vector": _vec_smd,
+    "mixture-vector": _vec_mixture,
     "ddpm-image": _img("ddpm"),
     "smd-image": _img("smd"),
 }

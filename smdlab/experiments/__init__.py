@@ -17,5 +17,6 @@ from . import e4_global  # noqa: E402, F401, I001  (registers e4)
 from . import e5_smd_expressivity  # noqa: E402, F401, I001  (registers e5)
 from . import e6_toy, e7_latent_use, e8_few_steps  # noqa: E402, F401  (E6-E8 register)
 from . import e9_families  # noqa: E402, F401, I001  (registers e9)
+from . import e10_mixture  # noqa: E402, F401, I001  (registers e10)
 # The image comparison (run only when named, or by `python -m smdlab.images`).
 from ..images import experiment as _images  # noqa: E402, F401, I001  (registers images)

@@ -18,15 +18,21 @@ from ..schedules import NoiseSchedule
 from ..training import TrainConfig
 
 # One naming scheme for model kinds everywhere (the image comparison uses the same names).
-KINDS = ("ddpm", "ddpm-matched", "smd-jensen", "smd-multisample", "smd-energy")
+#: The kinds of the shared zoo of E6-E9.
+ZOO_KINDS = ("ddpm", "ddpm-matched", "smd-jensen", "smd-multisample", "smd-energy")
+#: Every kind a ToyZoo may hold: the zoo's, and E10's discrete-latent kernel trained by exact
+#: likelihood (:mod:`smdlab.mixture_kernel`).
+KINDS = (*ZOO_KINDS, "mixture")
 LABELS = {"ddpm": "DDPM", "ddpm-matched": "DDPM (matched capacity)", "smd-jensen": "SMD-jensen",
           "smd-multisample": "SMD-multisample", "smd-energy": "SMD-energy",
+          "mixture": "mixture kernel (exact NLL)",
           "exact": "exact chain", "oracle_ddpm": "oracle DDPM (exact mean)",
           "oracle_ddpm-smd_variance": "oracle DDPM with SMD's last-jump variance",
           "gaussian-beta_tilde": "best beta-tilde Gaussian (clipped last step)",
           "gaussian-moment": "best Gaussian (moment-matched)"}
 COLORS = {"ddpm": "tab:blue", "ddpm-matched": "tab:cyan", "smd-jensen": "tab:orange",
-          "smd-multisample": "tab:green", "smd-energy": "tab:red", "exact": "black",
+          "smd-multisample": "tab:green", "smd-energy": "tab:red", "mixture": "tab:purple",
+          "exact": "black",
           "oracle_ddpm": "dimgray", "oracle_ddpm-smd_variance": "silver",
           "gaussian-beta_tilde": "darkgray", "gaussian-moment": "gray"}
 
@@ -72,9 +78,10 @@ class ToyModelSpec:
     objectives; energy_space: what the energy score compares (``"kernel"``: the kernel's
     samples, ``"x0"``: the clean-point predictions, see :mod:`smdlab.objectives`);
     fourier, fourier_scale: input Fourier features of the backbone
-    (:class:`smdlab.nets.FourierFeatures`); t_sampling, p_mean, p_std, uniform_share: the density
-    of trained jumps (:func:`smdlab.objectives.step_probabilities`).  The defaults are the
-    measured recipe of :mod:`smdlab.fit`.
+    (:class:`smdlab.nets.FourierFeatures`); n_components: K of the ``mixture`` kind
+    (:mod:`smdlab.mixture_kernel`; the grid has 49 modes); t_sampling, p_mean, p_std,
+    uniform_share: the density of trained jumps (:func:`smdlab.objectives.step_probabilities`).
+    The defaults are the measured recipe of :mod:`smdlab.fit`.
     """
 
     hidden: int = 128
@@ -97,6 +104,7 @@ class ToyModelSpec:
     p_mean: float = -1.2
     p_std: float = 1.2
     uniform_share: float = 0.3
+    n_components: int = 64
 
 
 def toy_train_config(**changes) -> TrainConfig:
@@ -152,7 +160,7 @@ class ToyZoo:
     train: TrainConfig = field(default_factory=toy_train_config)
     batch_size: int = 256
     chains: tuple[int, ...] = (1000, 10, 4)
-    kinds: tuple[str, ...] = KINDS
+    kinds: tuple[str, ...] = ZOO_KINDS
     n_seeds: int = 3
     seed_chains: tuple[int, ...] = (1000, 10, 4)
     snapshots: tuple[float, ...] = (0.1, 0.3, 1.0)
@@ -162,7 +170,7 @@ class ToyZoo:
     curve_latent: int = 16
     curve_kl_last: int = 3
     workers: int = 2
-    kind_steps: tuple[str, ...] = ("smd-energy=2.5",)
+    kind_steps: tuple[str, ...] = ("smd-energy=2.5", "mixture=7.5")
 
     def __post_init__(self):
         if self.n_evals < 0 or self.curve_samples < 1 or self.curve_grid < 8 or \

@@ -166,6 +166,12 @@ class IWSizes:
         return cls(n_points=8, Ks=(1, 4))
 
 
+#: The IW sizes of the mixture kernel's learning-curve KL (:func:`.toy_zoo.curve_point`) and of
+#: E10's few-step KLs (measured on a 4-step mixture kernel, KL ~0.05: B_16 = 0.035 +- 0.033 with
+#: 32 x_0, 0.065 +- 0.021 with 64; the grid gave 0.047-0.053 on 64^2-128^2 nodes).
+CURVE_IW = IWSizes(n_points=128, Ks=(1, 4, 16))
+
+
 def iw_sizes(sizes: ToyEval) -> IWSizes:
     """The IW sizes that go with evaluation sizes (the quick ones with :meth:`ToyEval.quick`).
     (ToyConfig has no section for them yet; see the module docstring of :mod:`.e6_toy`.)"""
