@@ -73,6 +73,10 @@ class MixtureDenoiser(_Denoiser):
             raise ValueError(f"n_components must be an int >= 1; got {n_components!r}")
         super().__init__(net, schedule, dim, parameterization, "beta_tilde", "clipped")
         self.K, self.name = n_components, name
+        # Each component's variance is beta~ + c0^2 v_k (the jump to 0: v_k, learned), not one
+        # beta-tilde rule: ``variance`` names that; final_jump_variance (the clipped beta-tilde)
+        # is only what DDIM with eta > 0 uses on its last jump.
+        self.variance = "mixture"
 
     def forward(self, x_t: torch.Tensor, t: torch.Tensor, eta=None) -> torch.Tensor:
         """The raw head (N, K * (D + 2)) for x_t (N, D) at root steps t (N,)."""

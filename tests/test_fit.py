@@ -2,6 +2,8 @@
 error lab accept, clear errors, the recipe beating uniform-t training, bit-identical resume, and
 the t-density's invariants."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -22,7 +24,7 @@ ROOT = NoiseSchedule.linear(1000)
 SMALL = Recipe(hidden=32, time_dim=16, latent_dim=4, noise_dim=2, gen_hidden=16, batch_size=64)
 
 
-@pytest.mark.parametrize("kind", ["ddpm", "smd_energy"])
+@pytest.mark.parametrize("kind", ["ddpm", "smd_energy", "mixture"])
 def test_fit_on_a_1d_target_gives_a_kernel_the_lab_accepts(kind):
     q = GaussianMixture.two_modes(2.0, 0.1, weight=0.3)
     chain = ROOT.respace(4)
@@ -52,6 +54,26 @@ def test_fit_on_a_3d_target_with_unequal_weights():
     with pytest.raises(ValueError, match="1-D and 2-D"):      # the grid route's own limit
         grid_global_error(q, k, chain, n_grid=12, n_latent=2, generator=g)
     assert smdlab.fit is fit
+
+
+def test_fit_mixture_kind_on_a_3d_target_and_its_components():
+    from smdlab.fit import default_components
+    from smdlab.mixture_kernel import MixtureDenoiser
+
+    q = GaussianMixture.random(3, 3, generator=torch.Generator().manual_seed(2))
+    chain = ROOT.respace(10)
+    k = fit(q, "mixture", chain, steps=15, recipe=SMALL)
+    assert isinstance(k, MixtureDenoiser) and k.K == default_components(q) == 8
+    g = torch.Generator().manual_seed(0)
+    x = ancestral_sample(k, torch.randn(40, 3, generator=g, dtype=torch.float64), chain,
+                         generator=g)
+    assert x.shape == (40, 3) and torch.isfinite(x).all()
+    m = local_error(q, k, 100, 0, n_points=64, generator=g)
+    assert np.isfinite(m.mean) and m.mean >= 0 and m.method == "mc"
+    k5 = fit(q, "mixture", chain, steps=2, recipe=dataclasses.replace(SMALL, n_components=5))
+    assert k5.K == 5
+    with pytest.raises(ValueError, match="n_components"):
+        Recipe(n_components=0)
 
 
 def test_fit_rejects_bad_arguments_clearly():
