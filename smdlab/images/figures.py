@@ -3,10 +3,11 @@ during training, class frequencies, an overview of sample grids)."""
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 
 from ..provenance import save_figure
-from .report import flat_config, rows_of
+from .report import flat_config, is_smoke, rows_of
 
 _COLORS = {"ddpm": "tab:blue", "smd-jensen": "tab:orange", "smd-energy": "tab:green",
            "smd-multisample": "tab:green", "ddpm-matched": "tab:purple"}
@@ -19,6 +20,7 @@ def make_figures(result: dict, out) -> list[Path]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    save = partial(save_figure, smoke=is_smoke(result))
     metric = result["feature_net"]["name"] if result["feature_net"] else "net"
     names = [m["spec"]["name"] for k, m in result["models"].items() if k.startswith("long-")]
     real = rows_of(result, protocol="data")
@@ -57,7 +59,7 @@ def make_figures(result: dict, out) -> list[Path]:
                ncol=4, bbox_to_anchor=(0.5, -0.22))
     fig.suptitle(f"{result['dataset']['train']}: sample quality against sampling steps "
                  f"(n = {result['sampling']['n']}, EMA = {result['sampling']['use_ema']})")
-    figs.append(save_figure(fig, out.figures / "metrics_vs_steps.png"))
+    figs.append(save(fig, out.figures / "metrics_vs_steps.png"))
     plt.close(fig)
 
     # Mode coverage: predicted-class frequencies at the fewest steps of each protocol.
@@ -82,7 +84,7 @@ def make_figures(result: dict, out) -> list[Path]:
         ax.set_title(f"{protocol} protocol, {S} ancestral steps")
         ax.set_xticks(range(K))
     axes[0].legend(fontsize=7)
-    figs.append(save_figure(fig, out.figures / "class_frequencies.png"))
+    figs.append(save(fig, out.figures / "class_frequencies.png"))
     plt.close(fig)
 
     # One overview of samples: rows = models, columns = step counts (first images of each grid).
@@ -103,7 +105,7 @@ def make_figures(result: dict, out) -> list[Path]:
                 ax.imshow(Image.open(out.root / rows[0]["extra"]["grid"]), cmap="gray")
             ax.set_title(f"{name}\n{S} steps" if S > 0 else f"{name}\ntrained on {short_S}",
                          fontsize=7)
-    figs.append(save_figure(fig, out.figures / "samples_overview.png"))
+    figs.append(save(fig, out.figures / "samples_overview.png"))
     plt.close(fig)
     curves = learning_curves_figure(result, out, plt)
     if curves is not None:
@@ -147,7 +149,7 @@ def learning_curves_figure(result: dict, out, plt) -> Path | None:
             axes[i][j].legend(fontsize=6)
     fig.suptitle("learning curves during training (EMA weights; dashed: fails the plateau rule)")
     fig.tight_layout()
-    path = save_figure(fig, out.figures / "learning_curves.png")
+    path = save_figure(fig, out.figures / "learning_curves.png", smoke=is_smoke(result))
     plt.close(fig)
     return path
 
