@@ -155,7 +155,7 @@ def l6_status(entries: list[tuple[float, float, float]]) -> str:
 def _summary(data: dict, zc: ToyZoo):
     refs, resp, own = data["references"], data["respaced"], data["own_chain"]
     lines = ["The discrete-latent mixture kernel (K = "
-             f"{zc.model.n_components} components, exact likelihood; :mod:`smdlab.mixture_kernel`) "
+             f"{zc.model.n_components} components, exact likelihood; `smdlab.mixture_kernel`) "
              "on the 7 x 7 grid, against the Gaussian references and the exact chain. KL: the "
              "mixture kernel's importance-weighted upper bound (mean ± sd over seeds); the "
              "references' grid KL. In-mode share: the share of samples within 3 std of a mode.", "",
@@ -187,7 +187,7 @@ def _summary(data: dict, zc: ToyZoo):
         headline["in_mode_S1000"] = round(resp[T]["in_mode_share"][0], 4)
     n_conv = sum(m["converged"] for m in data["models"].values())
     lines += ["", f"Convergence: {n_conv} of {len(data['models'])} models pass the rule "
-              "(:mod:`smdlab.convergence`; primary metric: the KL bound on few-step chains, with "
+              "(`smdlab.convergence`; primary metric: the KL bound on few-step chains, with "
               "its standard error, 5% and 0.02 nats; in-mode share on the full chain)"
               + (f"; unconverged: {', '.join(data['unconverged'])}" if data["unconverged"] else "")
               + "."]
@@ -236,7 +236,7 @@ def _figure(zc: ToyZoo, sizes: ToyEval, data: dict, models: dict, out: Outputs):
     ax.set(xscale="log", yscale="log", xlabel="sampling steps S",
            ylabel="global KL(q(x_0) || p(x_0)) (nats)",
            title="Few steps: the latent kernel against every Gaussian kernel")
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2)
     ax = axes[1]
     for (_k, S, i), tm in sorted(models.items()):
         if tm.curve is None or S >= zc.T:
