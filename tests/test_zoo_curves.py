@@ -108,6 +108,19 @@ def test_kind_steps_stretch_one_kind_and_keep_the_others_keys(tmp_path):
     other = dataclasses.replace(zoo, kind_steps=("smd-energy=3",))
     assert model_key(other, "ddpm", 4, 0) == model_key(zoo, "ddpm", 4, 0)
     assert model_key(other, "smd-energy", 4, 0) != model_key(zoo, "smd-energy", 4, 0)
-    for bad in (("smd-energy=0",), ("nope=2",), ("smd-energy=x",)):
+    for bad in (("smd-energy=0",), ("nope=2",), ("smd-energy=x",), ("ddpm@0=2",),
+                ("ddpm@x=2",)):
         with pytest.raises(ValueError, match="kind_steps"):
             dataclasses.replace(zoo, kind_steps=bad)
+
+
+def test_a_chain_specific_entry_changes_only_that_chain():
+    from smdlab.experiments.toy_zoo import model_key
+    zoo = dataclasses.replace(_zoo(2), kind_steps=("mixture=2", "mixture@4=0.5"))
+    assert zoo.steps_for("mixture", 4) == 6 and zoo.steps_for("mixture", 10) == 24
+    assert zoo.steps_for("mixture") == 24 and zoo.steps_for("ddpm", 4) == 12
+    plain = dataclasses.replace(zoo, kind_steps=("mixture=2",))
+    assert model_key(plain, "mixture", 10, 0) == model_key(zoo, "mixture", 10, 0)
+    assert model_key(plain, "mixture", 4, 0) != model_key(zoo, "mixture", 4, 0)
+    order = dataclasses.replace(zoo, kind_steps=("mixture@4=0.5", "mixture=2"))
+    assert order.steps_for("mixture", 4) == 6 and order.steps_for("mixture", 10) == 24

@@ -140,7 +140,8 @@ class ToyZoo:
     nodes (no refinement) with curve_latent latent draws per node for SMD kernels, computed at
     every evaluation of a Gaussian kind and at the last curve_kl_last of an SMD kind
     (:func:`toy_zoo.kl_evaluations`); workers: processes that train models in parallel (one
-    thread each; 1: in this process); kind_steps: ``KIND=FACTOR`` entries that train a kind for
+    thread each; 1: in this process); kind_steps: ``KIND=FACTOR`` (or, for one chain only,
+    ``KIND@S=FACTOR``) entries that train a kind for
     FACTOR times ``train.steps`` (the same schedule, stretched).  SMD-energy gets 2.5 (2000
     steps): at 800 cosine steps its 1000-step model had an in-mode share of 0.475 and was still
     rising (0.83-0.88 after 2000 constant-lr steps in the run before), while every DDPM had
@@ -181,14 +182,17 @@ class ToyZoo:
                              f"{self.workers}")
         self.kind_steps = tuple(self.kind_steps)
         for item in self.kind_steps:
-            kind, _, f = str(item).partition("=")
+            head, _, f = str(item).partition("=")
+            kind, at, S = head.partition("@")
             try:
-                ok = kind in KINDS and math.isfinite(float(f)) and float(f) > 0
+                ok = kind in KINDS and math.isfinite(float(f)) and float(f) > 0 and \
+                    (not at or (S.isdigit() and 1 <= int(S) <= self.T))
             except ValueError:
                 ok = False
             if not ok:
-                raise ValueError(f"zoo.kind_steps entries must read KIND=FACTOR with KIND in "
-                                 f"{KINDS} and FACTOR a positive number; got {item!r}")
+                raise ValueError(f"zoo.kind_steps entries must read KIND=FACTOR or "
+                                 f"KIND@S=FACTOR with KIND in {KINDS}, S a chain length in "
+                                 f"1..T and FACTOR a positive number; got {item!r}")
         bad = [k for k in self.kinds if k not in KINDS]
         if bad:
             raise ValueError(f"zoo.kinds: unknown model kind(s) {bad}; choose from {KINDS}")
@@ -205,14 +209,22 @@ class ToyZoo:
         root = self.root()
         return root if S == root.T else root.respace(S)
 
-    def steps_for(self, kind: str) -> int:
-        """Training steps of ``kind``'s models: ``train.steps`` times its ``kind_steps`` factor
-        (1 without an entry), rounded, at least 1 (0 stays 0)."""
+    def steps_for(self, kind: str, S: int | None = None) -> int:
+        """Training steps of ``kind``'s models trained on S steps: ``train.steps`` times the
+        factor of its ``kind_steps`` entry (a ``KIND@S`` entry before a ``KIND`` one; 1 without
+        an entry), rounded, at least 1 (0 stays 0)."""
+        factor = None
         for item in self.kind_steps:
-            k, _, f = item.partition("=")
-            if k == kind:
-                return max(1, round(self.train.steps * float(f))) if self.train.steps else 0
-        return self.train.steps
+            head, _, f = item.partition("=")
+            k, at, s = head.partition("@")
+            if k == kind and at and S is not None and int(s) == int(S):
+                factor = float(f)
+                break
+            if k == kind and not at and factor is None:
+                factor = float(f)
+        if factor is None:
+            return self.train.steps
+        return max(1, round(self.train.steps * factor)) if self.train.steps else 0
 
     def final_variance(self, kind: str | None = None):
         """The variance of the jump to 0 of ``kind``'s kernels (``model.smd_final_variance`` for

@@ -150,10 +150,10 @@ _NOT_DEFINING = ("seed", "progress", "keep_checkpoints", "checkpoint_every")
 _NOT_MODEL = ("chains", "kinds", "n_seeds", "seed_chains", "workers")
 
 
-def model_fields(zoo: ToyZoo, kind: str | None = None) -> dict:
+def model_fields(zoo: ToyZoo, kind: str | None = None, S: int | None = None) -> dict:
     """The settings that define a trained model of ``zoo`` (its chains, kinds and seed counts
-    only say which models exist, so they stay out); with ``kind``, its own step count
-    (:meth:`ToyZoo.steps_for`) replaces ``train.steps`` and ``kind_steps`` goes, so a change
+    only say which models exist, so they stay out); with ``kind`` (and the chain ``S``), its own
+    step count (:meth:`ToyZoo.steps_for`) replaces ``train.steps`` and ``kind_steps`` goes, so a change
     of another kind's steps keeps this kind's models."""
     d = dataclasses.asdict(zoo)
     for k in _NOT_MODEL:
@@ -162,7 +162,7 @@ def model_fields(zoo: ToyZoo, kind: str | None = None) -> dict:
         d["train"].pop(k)
     if kind is not None:
         d.pop("kind_steps", None)
-        d["train"]["steps"] = zoo.steps_for(kind)
+        d["train"]["steps"] = zoo.steps_for(kind, S)
         if kind != "mixture":       # only the mixture kind has components
             d["model"].pop("n_components", None)
     return d
@@ -170,7 +170,7 @@ def model_fields(zoo: ToyZoo, kind: str | None = None) -> dict:
 
 def model_key(zoo: ToyZoo, kind: str, S: int, seed: int) -> str:
     """A content key of one model: a hash of :func:`model_fields`, the kind, chain and seed."""
-    blob = json.dumps({"model": model_fields(zoo, kind), "kind": kind, "S": S, "seed": seed},
+    blob = json.dumps({"model": model_fields(zoo, kind, S), "kind": kind, "S": S, "seed": seed},
                       sort_keys=True, default=str)
     return hashlib.sha1(blob.encode()).hexdigest()[:10]
 
@@ -259,7 +259,7 @@ def train_one(zoo: ToyZoo, kind: str, S: int, seed: int, models_dir: Path) -> Tr
     tseed = model_seed(kind, S, seed)
     torch.manual_seed(tseed)
     model, objective = build(zoo, kind, chain)
-    steps = zoo.steps_for(kind)
+    steps = zoo.steps_for(kind, S)
     snap_steps = sorted({max(1, round(f * steps)) for f in zoo.snapshots})
     eval_steps = set(evaluation_steps(steps, zoo.n_evals)) if zoo.n_evals and steps else set()
     kl_steps = kl_evaluations(zoo, kind, eval_steps)
@@ -293,7 +293,7 @@ def train_one(zoo: ToyZoo, kind: str, S: int, seed: int, models_dir: Path) -> Tr
 
     tc = dataclasses.replace(zoo.train, seed=tseed, steps=steps)
     res = train(model, objective, data, tc, run_dir=run_dir, callback=on_step,
-                extra_config={"model": model_fields(zoo, kind), "kind": kind, "S": S},
+                extra_config={"model": model_fields(zoo, kind, S), "kind": kind, "S": S},
                 desc=f"{kind} S={S} seed={seed}")
     seconds = _training_seconds(run_dir, res)
     kernel = res.ema
@@ -407,7 +407,7 @@ def train_parallel(zoo: ToyZoo, jobs, models_dir: Path, workers: int) -> list:
     """Train ``jobs`` [(kind, S, seed)] into ``models_dir`` with ``workers`` spawned processes of
     one thread each (longest first); returns [(kind, S, seed, seconds)]."""
     jobs = sorted(jobs, key=lambda j: -_COST.get(j[0], 1.0) * (2.0 if j[1] > 100 else 1.0)
-                  * zoo.steps_for(j[0]))
+                  * zoo.steps_for(j[0], j[1]))
     ctx = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(max_workers=workers, mp_context=ctx,
                              initializer=_worker_init) as pool:
