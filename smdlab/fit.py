@@ -66,8 +66,11 @@ zoo's notes).
 ``kind="mixture"`` (:mod:`smdlab.mixture_kernel`) is the discrete-latent kernel of E10: one head
 predicts K clean points, weights and variances, trained by the exact likelihood of the
 clean-point posterior (no latent draws), with the same backbone and t-density.  On the 4-step
-grid chain (one seed, K = 64) it reached a KL of 0.047 nats after 6000 steps (0.256 after 3000;
-lr 5e-3 or 1e-3 and a wider or deeper backbone did no better), so ``steps=None`` trains 6000.
+grid chain it reached a KL (IW upper bound) of 0.032 and 0.041 nats after 6000 steps (2 seeds,
+K = 64), 0.249 and 0.246 after 3000, and 1.04 and 0.93 with K = 16 < the grid's 49 modes
+(``benchmarks/results/bench_mixture_recipe.md``; in an earlier one-seed probe lr 5e-3 or 1e-3 and
+a wider or deeper backbone did no better), so ``steps=None`` trains 6000.  On the 1000-step chain
+6000 steps give an in-mode share of 0.989 / 0.994, 3000 steps 0.975 / 0.963.
 
 The features do most of the work; the t-density adds 0.04 in-mode share and lowers the NLL
 excess by 40% at equal steps.  The issue's probe found the same (uniform t, raw x: 0.44 after
