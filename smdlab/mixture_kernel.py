@@ -111,35 +111,42 @@ class MixtureDenoiser(_Denoiser):
         return log_w - torch.logsumexp(log_w, -1, keepdim=True), m.to(torch.float64), \
             v.to(torch.float64)
 
+    @staticmethod
+    def _mean(log_w, m, shape):
+        return (log_w.exp()[..., None] * m).sum(1).reshape(shape)
+
     @torch.no_grad()
     def denoise(self, x_t, t, eta=None, generator=None):
         """E_p[x_0 | x_t] = sum_k w_k m_k (x_t's shape, float64); eta is ignored."""
-        from .parameterization import check_root_step
-
-        t = check_root_step(self.schedule, t, self.name)
+        t = P.check_root_step(self.schedule, t, self.name)
         if t == 0:
             raise ValueError(f"{self.name}: denoise needs a root step t >= 1; got t=0")
         log_w, m, _ = self._components64(x_t, t)
-        return (log_w.exp()[..., None] * m).sum(1).reshape(x_t.shape)
+        return self._mean(log_w, m, x_t.shape)
 
-    @torch.no_grad()
-    def distribution(self, x_t, t, s, generator=None, n_latent=None) -> LatentMixture:
-        """The step (2): a K-component Gaussian mixture with weights (exact density)."""
+    def _jump(self, x_t, t, s):
+        """(the step (2), the posterior mean) from one evaluation of the network."""
         t, s, lt, ls = self.jump(t, s)
         log_w, m, v = self._components64(x_t, t)
         c0, ct, beta_tilde, _ = P.posterior_coefficients(lt, ls)
         x64 = x_t.reshape(x_t.shape[0], self.D).to(torch.float64)
         means = c0.item() * m + ct.item() * x64[:, None, :]
-        return LatentMixture(means, beta_tilde.item() + c0.item() ** 2 * v, log_w)
+        dist = LatentMixture(means, beta_tilde.item() + c0.item() ** 2 * v, log_w)
+        return dist, self._mean(log_w, m, x_t.shape)
+
+    @torch.no_grad()
+    def distribution(self, x_t, t, s, generator=None, n_latent=None) -> LatentMixture:
+        """The step (2): a K-component Gaussian mixture with weights (exact density)."""
+        return self._jump(x_t, t, s)[0]
 
     @torch.no_grad()
     def step(self, x_t, t, s, generator=None, x0_hook=None):
-        """(step distribution, x0_hat = the posterior mean); ``x0_hook`` is refused: the step
-        goes through K clean points, not one."""
+        """(step distribution, x0_hat = the posterior mean), one network evaluation;
+        ``x0_hook`` is refused: the step goes through K clean points, not one."""
         if x0_hook is not None:
             raise ValueError(f"{self.name}: x0_hook is not supported (the step mixes K clean-point "
                              "predictions)")
-        return self.distribution(x_t, t, s, generator), self.denoise(x_t, t)
+        return self._jump(x_t, t, s)
 
 
 def posterior_nll(model, den: MixtureDenoiser, x0: torch.Tensor, x_t: torch.Tensor,

@@ -233,3 +233,17 @@ def test_learning_curve_keeps_its_absolute_tolerance():
     assert back.abs_tol == 0.02 and back.converged() == c.converged()
     assert c.converged()                           # 0.05 vs 0.065: within the 0.02-nat floor
     assert not LearningCurve("kl", c.points, rel_tol=0.05).converged()
+
+
+def test_a_step_evaluates_the_network_once_and_agrees_with_its_parts():
+    torch.manual_seed(0)
+    k = MixtureDenoiser(build_mixture_mlp(2, 3, hidden=16, depth=1, time_dim=8, T=100), ROOT, 2,
+                        3).eval()
+    calls = []
+    k.net.register_forward_hook(lambda *a: calls.append(1))
+    x = torch.randn(5, 2, dtype=torch.float64, generator=_gen(0))
+    dist, x0 = k.step(x, 60, 40)
+    assert len(calls) == 1
+    y = dist.sample(_gen(1))
+    assert torch.equal(dist.log_prob(y), k.distribution(x, 60, 40).log_prob(y))
+    assert torch.equal(x0, k.denoise(x, 60))
