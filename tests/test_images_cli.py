@@ -38,9 +38,12 @@ def test_smoke_run_writes_everything(smoke_run):
     models = res["models"]
     assert set(models) == {f"{p}-{m}" for p in ("long", "short")
                            for m in ("ddpm", "smd-jensen", "smd-energy", "ddpm-matched")} | {
-        "short-seed-ddpm-seed1"}
-    assert models["short-seed-ddpm-seed1"]["seed"] == 1
-    assert "over 2 training seeds" in report
+        f"short-{m}-seed1" for m in ("ddpm", "smd-jensen", "smd-energy", "ddpm-matched")}
+    assert models["short-ddpm-seed1"]["seed"] == 1 and models["short-ddpm-seed1"]["protocol"] == \
+        "short"
+    # the headline rows of the short protocol: mean and sd over the 2 training seeds
+    assert "## Headline: mean over training seeds" in report and "(2 seeds)" in report
+    assert "pooled standard deviation" in report
     for m in models.values():
         assert m["parameters"] > 0 and m["step_seconds"] > 0 and m["train_steps"] == 30
     smd, matched = models["long-smd-energy"]["parameters"], models["long-ddpm-matched"]["parameters"]
@@ -48,7 +51,8 @@ def test_smoke_run_writes_everything(smoke_run):
     rows = [e for e in res["evaluations"] if e["protocol"] != "data"]
     cfg = flat_config(res)
     # every model: ancestral at each sample_steps + DDIM (long), ancestral + DDIM (+ frozen) (short)
-    assert len(rows) == 4 * (len(cfg["sample_steps"]) + len(cfg["ddim_steps"])) + 4 * 2 + 2 + 1
+    # ... and each seed repeat of a short-chain model: ancestral + DDIM
+    assert len(rows) == 4 * (len(cfg["sample_steps"]) + len(cfg["ddim_steps"])) + 4 * 2 + 2 + 4 * 2
     for e in rows:
         m = e["metrics"]
         assert m["n"] == cfg["n_samples"] and m["reference"] == "digits:train"
@@ -99,6 +103,39 @@ def test_gpu_script_end_to_end_on_cpu_with_tiny_preset(tmp_path):
     assert res["dataset"]["train"] == "mnist:train" and res["dataset"]["shape"] == [1, 8, 8]
     assert (out / "REPORT-images.md").exists() and (out / "environment.txt").exists()
     assert "wall seconds" in (out / "environment.txt").read_text()
+
+
+def _numbers(out: Path) -> tuple[dict, list]:
+    res = json.loads((out / "results" / "images" / "images.json").read_text())["result"]
+    curves = {k: m["curve"]["points"] for k, m in res["models"].items()}
+    evals = [(e["model"], e["protocol"], e["sampler"], e["steps"], e["extra"].get("train_seed"),
+              e["metrics"]["fd"], e["metrics"]["kid"]) for e in res["evaluations"]]
+    return curves, evals
+
+
+def test_worker_processes_give_the_same_numbers_as_one_process(tmp_path):
+    """--workers 2 trains the models in two spawned processes, costliest first: every curve
+    point and every evaluation is bit-identical to the one-process run, in the same order."""
+    one, two = tmp_path / "one", tmp_path / "two"
+    tiny = ["--preset", "tiny", "--set", "seed_repeats=1"]
+    assert main([*tiny, "--out", str(one)]) == 0
+    assert main([*tiny, "--out", str(two), "--workers", "2"]) == 0
+    res = json.loads((two / "results" / "images" / "images.json").read_text())["result"]
+    assert res["workers"] == 2 and "short-ddpm-seed1" in res["models"]
+    assert _numbers(one) == _numbers(two)
+
+
+def test_workers_under_torchrun_is_a_clear_error(tmp_path, monkeypatch, capsys):
+    from smdlab.images.config import ImagesConfig
+    from smdlab.images.distributed import DistInfo
+    from smdlab.images.experiment import ImageOutputs, run_images
+
+    cfg = ImagesConfig.from_preset("tiny")
+    cfg.workers = 2
+    with pytest.raises(ValueError, match="torchrun"):
+        run_images(cfg, ImageOutputs(tmp_path), DistInfo(rank=0, world_size=2))
+    assert main(["--preset", "tiny", "--workers", "0", "--out", str(tmp_path)]) == 2
+    assert "workers must be >= 1" in capsys.readouterr().err
 
 
 @pytest.mark.slow

@@ -6,6 +6,7 @@ Examples:
     python -m smdlab.images --out /tmp/run        # every output under /tmp/run
     python -m smdlab.images --preset fashion-mnist --data-root /usr/share/datasets/fashion-mnist
     python -m smdlab.images --set train.lr=1e-3 --set chains.sample_steps=100,10
+    python -m smdlab.images --workers 1           # train the models one after another
     torchrun --nproc_per_node 2 -m smdlab.images --preset smoke --device cpu   # DDP (gloo)
 Checkpoints go to OUT/runs/images/; running the same command again resumes from them (a changed
 setting or dataset is an error: use another --out).  The flags below other than --preset, --out,
@@ -31,7 +32,7 @@ SHORTHANDS = {
     "latent-dim": "models.latent_dim", "best-objective": "models.best_objective",
     "short-chain": "chains.short_chain", "sample-steps": "chains.sample_steps",
     "ddim-steps": "chains.ddim_steps", "n-samples": "eval.n_samples", "seed": "seed",
-    "device": "device",
+    "device": "device", "workers": "workers",
 }
 
 

@@ -172,13 +172,18 @@ class ImagesConfig:
     """Everything that defines an image run (see the module docstring for the sections).
 
     preset: the name this config came from; seed: training and sampling seed; seed_repeats:
-    extra training seeds of the short-chain DDPM (the spread over seeds); batch_size: per-process
-    batch; short_train_steps: steps of the short-chain models; device: None = CUDA if available.
+    extra training seeds of every model of the protocols in ``seed_protocols`` (the headline
+    rows: their mean and spread over training seeds); batch_size: per-process batch;
+    short_train_steps: steps of the short-chain models; device: None = CUDA if available;
+    workers: models trained at once in that many spawned processes (one process, not torchrun;
+    each with the run's thread count; on a GPU they share it), the numbers do not depend on it.
     """
 
     preset: str = "default"
     seed: int = 0
     seed_repeats: tuple[int, ...] = (1, 2)
+    seed_protocols: tuple[str, ...] = ("short",)
+    workers: int = 1
     device: str | None = None
     batch_size: int = 48
     short_train_steps: int = 300
@@ -191,6 +196,12 @@ class ImagesConfig:
 
     def __post_init__(self):
         self.seed_repeats = tuple(int(s) for s in self.seed_repeats if int(s) != self.seed)
+        self.seed_protocols = tuple(self.seed_protocols)
+        bad = [p for p in self.seed_protocols if p not in ("long", "short")]
+        if bad:
+            raise ValueError(f"seed_protocols may name 'long' and 'short'; got {bad}")
+        if self.workers < 1:
+            raise ValueError(f"workers must be >= 1; got {self.workers}")
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1; got {self.batch_size}")
         if self.short_train_steps < 0:

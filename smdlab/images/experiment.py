@@ -56,6 +56,7 @@ from .evaluation import (
     extract_features,
     fd_from_features,
     load_inception_extractor,
+    state_hash,
     to_inception_input,
     train_classifier,
 )
@@ -265,16 +266,228 @@ def _curve_chain(cfg: ImagesConfig, protocol: str, root, short) -> tuple[int, No
     return cfg.chains.short_chain, short
 
 
-def _sampler_runs(cfg: ImagesConfig, protocol: str, is_smd: bool) -> list[tuple[str, int, bool]]:
-    """(sampler, steps, frozen latent) of every evaluation of one trained model."""
+def _sampler_runs(cfg: ImagesConfig, protocol: str, is_smd: bool,
+                  repeat: bool = False) -> list[tuple[str, int, bool]]:
+    """(sampler, steps, frozen latent) of every evaluation of one trained model (a seed repeat
+    skips the frozen-latent ablation)."""
     ch = cfg.chains
     if protocol == "long":
         return [("ancestral", s, False) for s in ch.sample_steps] + \
             [("ddim", s, False) for s in ch.ddim_steps]
-    if protocol == "short-seed":
-        return [("ancestral", ch.short_chain, False)]
+    if repeat:
+        return [("ancestral", ch.short_chain, False), ("ddim", ch.short_chain, False)]
     runs = [("ancestral", ch.short_chain, False), ("ddim", ch.short_chain, False)]
     return runs + ([("ancestral", ch.short_chain, True)] if is_smd else [])
+
+
+@dataclass(frozen=True)
+class ImageJob:
+    """One model to train: its protocol ("long" or "short"), training steps, spec and seed."""
+
+    protocol: str
+    steps: int
+    spec: object
+    seed: int
+    main_seed: int
+
+    @property
+    def label(self) -> str:
+        return f"{self.protocol}-{self.spec.name}" + (
+            f"-seed{self.seed}" if self.seed != self.main_seed else "")
+
+    @property
+    def cost(self) -> float:
+        """Relative training cost (measured ms/step ratios on digits: plain U-Net 1, matched 1.3,
+        SMD-jensen 2.0, SMD with K latent draws about 1 + 1.5 K), used to start the longest
+        first."""
+        spec = self.spec
+        if spec.kind == "smd":
+            per = 2.0 if spec.objective == "jensen" else 1.0 + 1.5 * spec.n_samples
+        else:
+            per = 1.3 if spec.kind == "ddpm-matched" else 1.0
+        return per * self.steps
+
+
+def image_jobs(cfg: ImagesConfig) -> list[ImageJob]:
+    """Every model of the run, in report order: each model on both protocols with the main seed,
+    then every model of the protocols in ``cfg.seed_protocols`` again with each of
+    ``cfg.seed_repeats`` (the spread over training seeds of the headline rows)."""
+    specs = cfg.models.specs()
+    steps = {"long": cfg.train.steps, "short": cfg.short_train_steps}
+    jobs = [ImageJob(p, steps[p], spec, cfg.seed, cfg.seed) for p in ("long", "short")
+            for spec in specs]
+    jobs += [ImageJob(p, steps[p], spec, s, cfg.seed) for p in ("long", "short")
+             if p in cfg.seed_protocols for s in cfg.seed_repeats for spec in specs]
+    return jobs
+
+
+@dataclass
+class _Setup:
+    """What every job of a run needs, built once per process (data, chains, the scorer)."""
+
+    cfg: ImagesConfig
+    train_data: object
+    test_data: object
+    fingerprint: str
+    unet: object
+    root: NoiseSchedule
+    short: NoiseSchedule
+    evaluate: object
+    cls_info: object
+    inception: str | None = None
+
+
+def _setup(cfg: ImagesConfig, out: ImageOutputs, info: DistInfo, log, inception_weights,
+           quiet: bool = False) -> _Setup:
+    d = cfg.data
+    train_data = load_dataset(d.dataset, d.data_root, "train", d.image_size, d.channels)
+    test_data = load_dataset(d.dataset, d.data_root, "test", d.image_size, d.channels)
+    if d.n_train is not None:
+        train_data = train_data.subset(d.n_train, torch.Generator().manual_seed(cfg.seed))
+    if train_data.skipped and not quiet:
+        log(f"skipped {train_data.skipped} unreadable files")
+    if not torch.isfinite(train_data.images).all():
+        raise ValueError(f"{train_data.name}: the training images contain NaN or inf pixels")
+    root = NoiseSchedule.from_name(cfg.chains.schedule, cfg.chains.T)
+    evaluate, cls_info = _feature_scorer(cfg, train_data, test_data, out, info,
+                                         (lambda *a, **k: None) if quiet else log,
+                                         inception_weights)
+    return _Setup(cfg, train_data, test_data, data_fingerprint(train_data.images),
+                  cfg.net.unet(train_data.shape), root,
+                  root.respace(cfg.chains.short_chain, cfg.chains.spacing), evaluate, cls_info,
+                  None if inception_weights is None else str(inception_weights))
+
+
+def _run_job(s: _Setup, job: ImageJob, out: ImageOutputs, info: DistInfo, log,
+             progress: bool = True) -> tuple[str, dict, list]:
+    """Train (or resume) one model with its learning curve, probe its latent and score its
+    samples: (label, model record, evaluations)."""
+    from ..objectives import Objective
+
+    cfg, d, spec, seed, protocol = s.cfg, s.cfg.data, job.spec, job.seed, job.protocol
+    inception = s.inception
+    label = job.label
+    chain = s.root if protocol == "long" else s.short
+    torch.manual_seed(seed)
+    model = build_model(spec, s.unet, s.root)
+    objective = Objective(spec.objective, chain, n_samples=spec.n_samples)
+    # Everything that changes what this model learns: a resume with any of it changed is an
+    # error (smdlab.training compares the stored config), never a silent reuse.
+    extra = {"model": spec.to_dict(), "unet": s.unet.to_dict(), "chain": chain.name,
+             "objective": objective.describe(), "dataset": s.train_data.name,
+             "n_train": len(s.train_data), "data_fingerprint": s.fingerprint,
+             "flip": d.flip, "image_size": d.image_size, "channels": d.channels,
+             "batch_size": cfg.batch_size, "world_size": info.world_size}
+    tc = dataclasses.replace(cfg.train, steps=job.steps, seed=seed,
+                             progress=cfg.train.progress and progress)
+    curve_S, curve_chain = _curve_chain(cfg, protocol, s.root, s.short)
+    curve_settings = {"points": cfg.eval.curve_points, "n": cfg.eval.curve_n,
+                      "sampler": "ancestral", "steps": curve_S, "seed": cfg.seed + 1,
+                      "batch": cfg.eval.sample_batch, "use_ema": cfg.eval.use_ema}
+    recorder = CurveRecorder(out.runs / label, job.steps, s.evaluate, curve_chain,
+                             curve_settings, device=info.device, use_ema=cfg.eval.use_ema,
+                             is_main=info.is_main, rel_tol=cfg.eval.curve_rel_tol)
+    tr = train_image_model(model, objective, s.train_data.images, tc, batch_size=cfg.batch_size,
+                           flip=d.flip, run_dir=out.runs / label, info=info,
+                           extra_config=extra, desc=label, callback=recorder)
+    res = tr.result
+    curve = recorder.curve(res.step)
+    step_s, peak, train_s = _timing(out.runs / label, tr, info.is_main)
+    ncfg = res.model.net.config
+    record = {"spec": spec.to_dict(), "protocol": protocol, "seed": seed,
+              "chain": chain.name, "width": ncfg.base_channels,
+              "time_dim": ncfg.time_dim or 4 * ncfg.base_channels,
+              "parameters": tr.parameters, "train_steps": res.step,
+              "resumed_from": res.resumed_from, "step_seconds": step_s,
+              "train_seconds": train_s, "peak_memory_mib": peak,
+              "final_loss": res.log[-1]["loss"] if res.log else None,
+              "loss_log": res.log, "global_batch": cfg.batch_size * info.world_size,
+              "curve": curve.to_dict(), "curve_settings": curve_settings,
+              "curve_seconds_this_call": recorder.seconds}
+    lines = [f"{label}: {tr.parameters} parameters, {res.step} steps (resumed from "
+             f"{res.resumed_from}), {1000 * step_s:.1f} ms/step"]
+    evaluations: list[Evaluation] = []
+    if info.is_main:
+        lines.append(f"  curve ({len(curve.points)} points, n = {cfg.eval.curve_n}): FD " +
+                     ", ".join(f"{q['step']}: {q['fd']:.2f}" for q in curve.points) +
+                     f"; converged: {'yes' if curve.converged() else 'no'}")
+        net = res.ema if cfg.eval.use_ema else res.model
+        net.eval()
+        cache = EvalCache(out.runs / label, state_hash(net), {
+            "n": cfg.eval.n_samples, "seed": cfg.seed + 1, "batch": cfg.eval.sample_batch,
+            "use_ema": cfg.eval.use_ema, "spacing": cfg.chains.spacing,
+            "root": s.root.name, "short": s.short.name,
+            "features": s.cls_info.weights_sha256 if s.cls_info else None,
+            "inception": inception}, enabled=info.is_main)
+        if spec.kind == "smd":
+            probe = s.test_data.subset(64, torch.Generator().manual_seed(cfg.seed)).images
+            st = chain.original_steps.tolist()   # lowest, middle and highest step
+            steps_probe = sorted({st[1], st[len(st) // 2], st[-1]})
+            use = cache.get("latent_use")    # JSON keys are strings: back to steps
+            use = None if use is None else {int(t): v for t, v in use.items()}
+            if use is None or sorted(use) != steps_probe:
+                use = latent_spread(net, probe, steps_probe, seed=cfg.seed)
+                cache.put("latent_use", use)
+            record["latent_use"] = use
+            lines.append("  latent use (eta std / data std of x0_hat): " + ", ".join(
+                f"t={t}: {v['ratio']:.3f}" for t, v in record["latent_use"].items()))
+        for sampler, S, frozen in _sampler_runs(cfg, protocol, spec.kind == "smd",
+                                                seed != cfg.seed):
+            ev, line = _sample_and_score(cfg, net, label, spec.name, protocol, sampler, S,
+                                         frozen, seed, s.root, s.short, s.evaluate, out, info,
+                                         cache)
+            evaluations.append(ev)
+            lines.append(line)
+    log("\n".join(lines))
+    return label, record, evaluations
+
+
+# One _Setup per worker process (built by its first job), keyed by the run it belongs to.
+_WORKER_SETUP: dict = {}
+
+
+def _job_in_worker(args) -> tuple[str, dict, list]:
+    cfg, root, run_id, device, threads, inception_weights, job = args
+    torch.set_num_threads(threads)
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        torch.cuda.set_device(dev)
+    info = DistInfo(device=dev)
+    out = ImageOutputs(root, run_id)
+    key = (root, run_id)
+    if key not in _WORKER_SETUP:
+        _WORKER_SETUP.clear()
+        _WORKER_SETUP[key] = _setup(cfg, out, info, print, inception_weights, quiet=True)
+    return _run_job(_WORKER_SETUP[key], job, out, info, lambda msg: print(msg, flush=True),
+                    progress=False)
+
+
+def _run_jobs_parallel(cfg: ImagesConfig, jobs: list[ImageJob], out: ImageOutputs,
+                       info: DistInfo, inception_weights, log) -> list:
+    """Run ``jobs`` in ``cfg.workers`` spawned processes of ``torch.get_num_threads()`` threads
+    each (the costliest first); returns their results in the order of ``jobs``.  Every job
+    seeds all of its randomness itself, so its numbers do not depend on which worker ran it or
+    what ran before it there."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    threads = torch.get_num_threads()
+    order = sorted(range(len(jobs)), key=lambda i: -jobs[i].cost)
+    ctx = multiprocessing.get_context("spawn")
+    results: dict[int, tuple] = {}
+    log(f"training {len(jobs)} models in {cfg.workers} worker processes ({threads} thread(s) "
+        f"each); lines appear as models finish")
+    with ProcessPoolExecutor(max_workers=cfg.workers, mp_context=ctx) as pool:
+        futures = {pool.submit(_job_in_worker, (cfg, str(out.root), out.run_id, str(info.device),
+                                                threads, inception_weights, jobs[i])): i
+                   for i in order}
+        from concurrent.futures import as_completed
+
+        from tqdm import tqdm
+        for f in tqdm(as_completed(futures), total=len(futures), desc="image models",
+                      disable=not cfg.train.progress):
+            results[futures[f]] = f.result()
+    return [results[i] for i in range(len(jobs))]
 
 
 def run_images(cfg: ImagesConfig, out: ImageOutputs, info: DistInfo | None = None,
@@ -283,108 +496,40 @@ def run_images(cfg: ImagesConfig, out: ImageOutputs, info: DistInfo | None = Non
 
     With ``inception_weights`` (the FID Inception weights file) every evaluation also reports
     Inception FID against the training split (needs torch-fidelity); a missing file is an error
-    before any training.
+    before any training.  With ``cfg.workers`` > 1 (one process, not torchrun) the models train
+    in that many worker processes; the numbers are the same as with one.
     """
-    from ..objectives import Objective
-
     info = info or DistInfo()
+    if cfg.workers > 1 and info.distributed:
+        raise ValueError(f"workers = {cfg.workers} runs models in parallel processes; under "
+                         f"torchrun (world size {info.world_size}) set workers = 1")
     t_start = time.perf_counter()
     torch.manual_seed(cfg.seed)
-    d = cfg.data
-    train_data = load_dataset(d.dataset, d.data_root, "train", d.image_size, d.channels)
-    test_data = load_dataset(d.dataset, d.data_root, "test", d.image_size, d.channels)
-    if d.n_train is not None:
-        train_data = train_data.subset(d.n_train, torch.Generator().manual_seed(cfg.seed))
-    if train_data.skipped:
-        log(f"skipped {train_data.skipped} unreadable files")
-    if not torch.isfinite(train_data.images).all():
-        raise ValueError(f"{train_data.name}: the training images contain NaN or inf pixels")
-    fingerprint = data_fingerprint(train_data.images)
-    unet = cfg.net.unet(train_data.shape)
-    root = NoiseSchedule.from_name(cfg.chains.schedule, cfg.chains.T)
-    short = root.respace(cfg.chains.short_chain, cfg.chains.spacing)
+    s = _setup(cfg, out, info, log, inception_weights)
+    train_data, test_data = s.train_data, s.test_data
     log(f"data {train_data.name}: {len(train_data)} train, {len(test_data)} test images of shape "
-        f"{train_data.shape} (fingerprint {fingerprint}); device {info.device}, world size "
+        f"{train_data.shape} (fingerprint {s.fingerprint}); device {info.device}, world size "
         f"{info.world_size}")
-    evaluate, cls_info = _feature_scorer(cfg, train_data, test_data, out, info, log,
-                                         inception_weights)
     evaluations: list[Evaluation] = []
     models: dict[str, dict] = {}
     fd_by_n = None
     if info.is_main:  # the floor of the metric at this n: held-out real images
         real = test_data.subset(cfg.eval.n_samples, torch.Generator().manual_seed(cfg.seed)).images
-        evaluations.append(Evaluation("real (test split)", "data", "-", 0, evaluate(real)))
-        fd_by_n = fd_against_n(cfg, test_data, evaluate)
+        evaluations.append(Evaluation("real (test split)", "data", "-", 0, s.evaluate(real)))
+        fd_by_n = fd_against_n(cfg, test_data, s.evaluate)
         log("FD of held-out real images against n: " + ", ".join(
             f"n={n}: {v:.3f}" for n, v in fd_by_n.items()))
-
-    specs = cfg.models.specs()
-    # (protocol, chain, steps, spec, seed): every model on both protocols with the main seed, then
-    # the short-chain DDPM again with other seeds to measure the spread over training seeds.
-    jobs = [(p, c, n, spec, cfg.seed) for p, c, n in (("long", root, cfg.train.steps),
-                                                      ("short", short, cfg.short_train_steps))
-            for spec in specs]
-    jobs += [("short-seed", short, cfg.short_train_steps, specs[0], s) for s in cfg.seed_repeats]
-    for protocol, chain, steps, spec, seed in jobs:
-        label = f"{protocol}-{spec.name}" + (f"-seed{seed}" if seed != cfg.seed else "")
-        torch.manual_seed(seed)
-        model = build_model(spec, unet, root)
-        objective = Objective(spec.objective, chain, n_samples=spec.n_samples)
-        # Everything that changes what this model learns: a resume with any of it changed is an
-        # error (smdlab.training compares the stored config), never a silent reuse.
-        extra = {"model": spec.to_dict(), "unet": unet.to_dict(), "chain": chain.name,
-                 "objective": objective.describe(), "dataset": train_data.name,
-                 "n_train": len(train_data), "data_fingerprint": fingerprint,
-                 "flip": d.flip, "image_size": d.image_size, "channels": d.channels,
-                 "batch_size": cfg.batch_size, "world_size": info.world_size}
-        tc = dataclasses.replace(cfg.train, steps=steps, seed=seed)
-        curve_S, curve_chain = _curve_chain(cfg, protocol, root, short)
-        curve_settings = {"points": cfg.eval.curve_points, "n": cfg.eval.curve_n,
-                          "sampler": "ancestral", "steps": curve_S, "seed": cfg.seed + 1,
-                          "batch": cfg.eval.sample_batch, "use_ema": cfg.eval.use_ema}
-        recorder = CurveRecorder(out.runs / label, steps, evaluate, curve_chain, curve_settings,
-                                 device=info.device, use_ema=cfg.eval.use_ema,
-                                 is_main=info.is_main, rel_tol=cfg.eval.curve_rel_tol)
-        tr = train_image_model(model, objective, train_data.images, tc, batch_size=cfg.batch_size,
-                               flip=d.flip, run_dir=out.runs / label, info=info,
-                               extra_config=extra, desc=label, callback=recorder)
-        res = tr.result
-        curve = recorder.curve(res.step)
-        step_s, peak, train_s = _timing(out.runs / label, tr, info.is_main)
-        ncfg = res.model.net.config
-        models[label] = {"spec": spec.to_dict(), "protocol": protocol, "seed": seed,
-                         "chain": chain.name, "width": ncfg.base_channels,
-                         "time_dim": ncfg.time_dim or 4 * ncfg.base_channels,
-                         "parameters": tr.parameters, "train_steps": res.step,
-                         "resumed_from": res.resumed_from, "step_seconds": step_s,
-                         "train_seconds": train_s,
-                         "peak_memory_mib": peak,
-                         "final_loss": res.log[-1]["loss"] if res.log else None,
-                         "loss_log": res.log, "global_batch": cfg.batch_size * info.world_size,
-                         "curve": curve.to_dict(), "curve_settings": curve_settings,
-                         "curve_seconds_this_call": recorder.seconds}
-        log(f"{label}: {tr.parameters} parameters, {res.step} steps "
-            f"(resumed from {res.resumed_from}), {1000 * step_s:.1f} ms/step")
-        if info.is_main:
-            log(f"  curve ({len(curve.points)} points, n = {cfg.eval.curve_n}): FD " + ", ".join(
-                f"{q['step']}: {q['fd']:.2f}" for q in curve.points) +
-                f"; converged: {'yes' if curve.converged() else 'no'}")
-        if info.is_main:
-            net = res.ema if cfg.eval.use_ema else res.model
-            net.eval()
-            if spec.kind == "smd":
-                probe = test_data.subset(64, torch.Generator().manual_seed(cfg.seed)).images
-                st = chain.original_steps.tolist()   # lowest, middle and highest step
-                steps_probe = sorted({st[1], st[len(st) // 2], st[-1]})
-                models[label]["latent_use"] = latent_spread(net, probe, steps_probe,
-                                                            seed=cfg.seed)
-                log("  latent use (eta std / data std of x0_hat): " + ", ".join(
-                    f"t={t}: {v['ratio']:.3f}" for t, v in models[label]["latent_use"].items()))
-            for sampler, S, frozen in _sampler_runs(cfg, protocol, spec.kind == "smd"):
-                evaluations.append(_sample_and_score(cfg, net, label, spec.name, protocol,
-                                                     sampler, S, frozen, seed, root, short,
-                                                     evaluate, out, info, log))
-        barrier(info)
+    jobs = image_jobs(cfg)
+    if cfg.workers > 1:
+        done = _run_jobs_parallel(cfg, jobs, out, info, inception_weights, log)
+    else:
+        done = []
+        for job in jobs:
+            done.append(_run_job(s, job, out, info, log))
+            barrier(info)
+    for label, record, evs in done:
+        models[label] = record
+        evaluations += evs
 
     result = {
         "config": dataclasses.asdict(cfg),
@@ -392,13 +537,15 @@ def run_images(cfg: ImagesConfig, out: ImageOutputs, info: DistInfo | None = Non
         "run_id": out.run_id,
         "dataset": {"train": train_data.name, "test": test_data.name, "n_train": len(train_data),
                     "n_test": len(test_data), "shape": list(train_data.shape),
-                    "skipped": train_data.skipped, "fingerprint": fingerprint},
+                    "skipped": train_data.skipped, "fingerprint": s.fingerprint,
+                    "class_names": list(train_data.class_names)},
         "reference_split": train_data.name,
-        "feature_net": cls_info.to_dict() if cls_info else None,
+        "feature_net": s.cls_info.to_dict() if s.cls_info else None,
         "sampling": {"n": cfg.eval.n_samples, "use_ema": cfg.eval.use_ema,
                      "sample_seed": cfg.seed + 1, "train_seed": cfg.seed, "clip_x0": True,
                      "spacing": cfg.chains.spacing, "ddim_eta": 0.0},
         "world_size": info.world_size,
+        "workers": cfg.workers,
         "device": str(info.device),
         "models": models,
         "evaluations": [dataclasses.asdict(e) for e in evaluations],
@@ -419,8 +566,44 @@ def convergence_rule(rel_tol: float) -> str:
             f"curve of fewer than 3 points is not converged")
 
 
+class EvalCache:
+    """Evaluations of one model's sampled weights, stored in ``run_dir/evaluations.json`` and
+    reused while the weights (their sha256) and every setting that changes the numbers (n,
+    seed, batch, chain, the feature net's hash) are the same: a rerun of an unchanged
+    checkpoint re-scores nothing, and keeps the sampling times of the call that measured them."""
+
+    def __init__(self, run_dir: Path, weights: str, settings: dict, enabled: bool = True):
+        self.path = Path(run_dir) / "evaluations.json"
+        self.key = {"weights": weights, **settings}
+        self.enabled = enabled
+        self.entries: dict[str, dict] = {}
+        try:
+            saved = json.loads(self.path.read_text())
+            if saved.get("key") == self.key:
+                self.entries = dict(saved["entries"])
+        except (OSError, ValueError, KeyError, TypeError):
+            pass
+
+    def get(self, tag: str):
+        return self.entries.get(tag) if self.enabled else None
+
+    def put(self, tag: str, value) -> None:
+        self.entries[tag] = value
+        if self.enabled:
+            write_json(self.path, {"key": self.key, "entries": self.entries})
+
+
 def _sample_and_score(cfg, net, label, name, protocol, sampler, S, frozen, seed, root, short,
-                      evaluate, out, info, log) -> Evaluation:
+                      evaluate, out, info, cache: EvalCache | None = None
+                      ) -> tuple[Evaluation, str]:
+    tag = f"{label}-{sampler}{S}" + ("-frozen" if frozen else "")
+    grid = out.grids / f"{tag}.png"
+    hit = cache.get(tag) if cache is not None else None
+    if hit is not None and grid.exists():
+        ev = Evaluation(**hit)
+        m = ev.metrics
+        return ev, (f"  {tag}: FD {m['fd']:.3f} +- {m['fd_boot_std']:.3f} (stored evaluation of "
+                    f"these weights)")
     kernel = net.with_frozen_eta() if frozen else net
     chain_S = root.respace(S, cfg.chains.spacing) if protocol == "long" else short
     n = cfg.eval.n_samples
@@ -429,14 +612,18 @@ def _sample_and_score(cfg, net, label, name, protocol, sampler, S, frozen, seed,
                  info.device, progress=False)
     secs = time.perf_counter() - t0
     m = evaluate(x)
-    tag = f"{label}-{sampler}{S}" + ("-frozen" if frozen else "")
-    save_grid(x[:cfg.eval.n_grid], out.grids / f"{tag}.png")
-    log(f"  {tag}: FD {m['fd']:.3f} +- {m['fd_boot_std']:.3f}, KID {m['kid']:.4f}, P/R "
-        f"{m['precision']:.2f}/{m['recall']:.2f}, classes covered {m['classes']['covered']}, "
-        f"{n / secs:.0f} img/s")
-    return Evaluation(name, protocol, sampler, S, m, frozen, secs,
-                      {"images_per_second": n / secs, "grid": f"figures/images/grids/{tag}.png",
-                       "train_seed": seed})
+    save_grid(x[:cfg.eval.n_grid], grid,
+              title=f"{name}, {protocol} protocol (seed {seed}): {sampler}, {S} steps"
+                    + (", latent frozen" if frozen else ""))
+    line = (f"  {tag}: FD {m['fd']:.3f} +- {m['fd_boot_std']:.3f}, KID {m['kid']:.4f}, P/R "
+            f"{m['precision']:.2f}/{m['recall']:.2f}, classes covered "
+            f"{m['classes']['covered']}, {n / secs:.0f} img/s")
+    ev = Evaluation(name, protocol, sampler, S, m, frozen, secs,
+                    {"images_per_second": n / secs, "grid": f"figures/images/grids/{tag}.png",
+                     "train_seed": seed})
+    if cache is not None:
+        cache.put(tag, dataclasses.asdict(ev))
+    return ev, line
 
 
 def _write_outputs(cfg: ImagesConfig, result: dict, out: ImageOutputs, log) -> None:

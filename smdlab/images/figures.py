@@ -7,7 +7,7 @@ from functools import partial
 from pathlib import Path
 
 from ..provenance import save_figure
-from .report import flat_config, is_smoke, rows_of
+from .report import flat_config, is_smoke, rows_of, seed_stat
 
 _COLORS = {"ddpm": "tab:blue", "smd-jensen": "tab:orange", "smd-energy": "tab:green",
            "smd-multisample": "tab:green", "ddpm-matched": "tab:purple"}
@@ -34,17 +34,21 @@ def make_figures(result: dict, out) -> list[Path]:
         for name in names:
             c = _COLORS.get(name, None)
             for sampler, ls in (("ancestral", "-"), ("ddim", "--")):
-                rows = sorted(rows_of(result, model=name, protocol="long", sampler=sampler,
-                                    frozen_latent=False), key=lambda e: e["steps"])
-                if rows:
-                    ax.plot([e["steps"] for e in rows], [e["metrics"][key] for e in rows], ls,
-                            marker="o", color=c, ms=4,
+                steps = sorted({e["steps"] for e in rows_of(result, model=name, protocol="long",
+                                                            sampler=sampler,
+                                                            frozen_latent=False)})
+                if steps:   # mean over training seeds at each step count
+                    ys = [seed_stat(result, key, model=name, protocol="long", sampler=sampler,
+                                    steps=S, frozen_latent=False)["mean"] for S in steps]
+                    ax.plot(steps, ys, ls, marker="o", color=c, ms=4,
                             label=f"{name} ({sampler}, 1000-step model)")
-            srow = rows_of(result, model=name, protocol="short", sampler="ancestral",
-                         frozen_latent=False)
-            if srow:
-                ax.plot([short_S], [srow[0]["metrics"][key]], "*", ms=13, color=c,
-                        markeredgecolor="k", label=f"{name} (trained on {short_S} steps)")
+            st = seed_stat(result, key, model=name, protocol="short", sampler="ancestral",
+                           steps=short_S, frozen_latent=False)
+            if st:
+                ax.errorbar([short_S], [st["mean"]], yerr=[st["sd"] or 0.0], fmt="*", ms=13,
+                            color=c, markeredgecolor="k", capsize=3,
+                            label=f"{name} (trained on {short_S} steps; "
+                                  f"{st['n']} seed{'s' if st['n'] > 1 else ''})")
         if real:
             ax.axhline(real[0]["metrics"][key], color="gray", lw=1, ls=":",
                        label="held-out real images")
@@ -82,7 +86,11 @@ def make_figures(result: dict, out) -> list[Path]:
         ax.set_xlabel("predicted class of generated image")
         ax.set_ylabel("frequency")
         ax.set_title(f"{protocol} protocol, {S} ancestral steps")
-        ax.set_xticks(range(K))
+        names_k = result["dataset"].get("class_names") or []
+        if len(names_k) == K and any(not c.isdigit() for c in names_k):
+            ax.set_xticks(range(K), names_k, rotation=45, ha="right", fontsize=7)
+        else:
+            ax.set_xticks(range(K))
     axes[0].legend(fontsize=7)
     figs.append(save(fig, out.figures / "class_frequencies.png"))
     plt.close(fig)
@@ -122,7 +130,7 @@ def learning_curves_figure(result: dict, out, plt) -> Path | None:
     from .report import model_converged
 
     metric = result["feature_net"]["name"] if result["feature_net"] else "net"
-    protocols = [p for p in ("long", "short", "short-seed")
+    protocols = [p for p in ("long", "short")
                  if any(m["protocol"] == p for m in models.values())]
     fig, axes = plt.subplots(2, len(protocols), figsize=(5.5 * len(protocols), 7), squeeze=False)
     for j, protocol in enumerate(protocols):

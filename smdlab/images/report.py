@@ -39,43 +39,97 @@ def _fmt(x, nd=3):
     return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{nd}f}"
 
 
+def seed_stat(result: dict, key: str = "fd", **match) -> dict | None:
+    """The evaluations matching ``match`` (one per training seed) summarised: mean, sd over
+    training seeds (None with one seed), n seeds, the largest bootstrap spread (FD) and the
+    seeds; None when there is no such evaluation."""
+    rows = rows_of(result, **match)
+    if not rows:
+        return None
+    vals = [r["metrics"][key] for r in rows]
+    n = len(vals)
+    mean = sum(vals) / n
+    sd = math.sqrt(sum((v - mean) ** 2 for v in vals) / (n - 1)) if n > 1 else None
+    boot = max(r["metrics"].get(f"{key}_boot_std", 0.0) or 0.0 for r in rows)
+    return {"mean": mean, "sd": sd, "n": n, "boot": boot,
+            "seeds": [(r.get("extra") or {}).get("train_seed") for r in rows]}
+
+
 def seed_spread(result: dict) -> tuple[float | None, int]:
-    """(standard deviation, count) of the short-chain DDPM's FD over its training seeds."""
-    fds = [e["metrics"]["fd"] for e in result["evaluations"]
-           if e["model"] == "ddpm" and e["protocol"] in ("short", "short-seed")
-           and e["sampler"] == "ancestral"]
-    if len(fds) < 2:
-        return None, len(fds)
-    mean = sum(fds) / len(fds)
-    return math.sqrt(sum((f - mean) ** 2 for f in fds) / (len(fds) - 1)), len(fds)
+    """(pooled standard deviation of FD over training seeds, number of rows pooled): the
+    variances of every evaluation row measured with >= 2 training seeds, averaged."""
+    groups: dict[tuple, list[float]] = {}
+    for e in result["evaluations"]:
+        if e["protocol"] == "data":
+            continue
+        k = (e["model"], e["protocol"], e["sampler"], e["steps"], e["frozen_latent"])
+        groups.setdefault(k, []).append(e["metrics"]["fd"])
+    var = []
+    for v in groups.values():
+        if len(v) > 1:
+            m = sum(v) / len(v)
+            var.append(sum((x - m) ** 2 for x in v) / (len(v) - 1))
+    if not var:
+        return None, 0
+    return math.sqrt(sum(var) / len(var)), len(var)
+
+
+def _cell(st: dict | None, nd: int = 3) -> str:
+    """"mean ± sd over seeds (n seeds)", or "value ± bootstrap spread" for one seed."""
+    if st is None:
+        return "-"
+    if st["sd"] is not None:
+        return f"{st['mean']:.{nd}f} ± {st['sd']:.{nd}f} ({st['n']} seeds)"
+    return f"{st['mean']:.{nd}f} ± {st['boot']:.{nd}f}"
+
+
+def _margin(a: dict, b: dict, pooled_sd: float | None) -> float:
+    """Twice the larger of the bootstrap spreads and the standard error of the difference of
+    the two seed means (a row with one seed borrows the pooled spread over seeds)."""
+    def var(st):
+        sd = st["sd"] if st["sd"] is not None else (pooled_sd or 0.0)
+        return sd ** 2 / st["n"]
+    return 2 * max(a["boot"], b["boot"], math.sqrt(var(a) + var(b)))
 
 
 def c5_verdict(result: dict) -> tuple[str, str]:
-    """(status, evidence) for C5 "SMD improves DDPM, especially with few steps", from the FD of
-    the best SMD model against both Gaussian baselines at the fewest steps of each protocol; a
-    difference counts only beyond twice the larger of the bootstrap spreads and the spread over
-    training seeds (measured on the short-chain DDPM)."""
+    """(status, evidence) for C5 "SMD improves DDPM, especially with few steps", as a trend over
+    sampling steps: the best SMD model's FD (mean over training seeds) against both Gaussian
+    baselines on every chain of the long protocol and on the short chain.  The status is decided
+    at the fewest steps of each protocol; a difference counts only beyond :func:`_margin`; the
+    evidence adds the gain over DDPM at each step count (the "especially with few steps" part:
+    does it grow as steps fall?)."""
     cfg = flat_config(result)
-    best = cfg["best_objective"]
-    seed_sd, _ = seed_spread(result)
-    lines, wins, losses = [], 0, 0
+    best = f"smd-{cfg['best_objective']}"
+    pooled, _ = seed_spread(result)
     few = min(cfg["sample_steps"])
+
+    def st(name, protocol, S):
+        return seed_stat(result, model=name, protocol=protocol, sampler="ancestral", steps=S,
+                         frozen_latent=False)
+
+    lines, wins, losses = [], 0, 0
     for protocol, S in (("long", few), ("short", cfg["short_chain"])):
-        def fd(name, protocol=protocol, S=S):
-            r = rows_of(result, model=name, protocol=protocol, sampler="ancestral", steps=S,
-                      frozen_latent=False)
-            return (r[0]["metrics"]["fd"], r[0]["metrics"]["fd_boot_std"]) if r else (None, None)
-        smd, smd_sd = fd(f"smd-{best}")
+        smd = st(best, protocol, S)
         for base in ("ddpm", "ddpm-matched", "smd-jensen"):
-            b, b_sd = fd(base)
+            b = st(base, protocol, S)
             if smd is None or b is None:
                 continue
-            margin = 2 * max(smd_sd, b_sd, seed_sd or 0.0)
-            if smd < b - margin:
+            margin = _margin(smd, b, pooled)
+            if smd["mean"] < b["mean"] - margin:
                 wins += base != "smd-jensen"
-            elif smd > b + margin:
+            elif smd["mean"] > b["mean"] + margin:
                 losses += base != "smd-jensen"
-            lines.append(f"{protocol}/{S} steps: smd-{best} {smd:.2f} vs {base} {b:.2f}")
+            lines.append(f"{protocol}/{S} steps: {best} {smd['mean']:.2f} vs {base} "
+                         f"{b['mean']:.2f} (margin {margin:.2f})")
+    trend = []
+    for S in sorted(cfg["sample_steps"], reverse=True):
+        a, b = st(best, "long", S), st("ddpm", "long", S)
+        if a and b:
+            trend.append(f"{S}: {b['mean'] - a['mean']:+.2f}")
+    if trend:
+        lines.append(f"gain of {best} over ddpm (FD difference, 1000-step models) at "
+                     + ", ".join(trend) + " steps")
     if wins == 4:
         status = "holds with qualification"
     elif losses > 0 and wins == 0:
@@ -95,24 +149,30 @@ def _training_minutes(result: dict) -> str:
 
 def l1_verdict(result: dict) -> tuple[str, str] | None:
     """(status, evidence) for L1 "the jensen objective collapses SMD to a Gaussian kernel" from
-    the latent-use ratios on the short chain, or None when they were not measured."""
-    use = {k: m["latent_use"] for k, m in result["models"].items() if m.get("latent_use")}
+    the latent-use ratios on the short chain (each model's largest ratio over the probed steps,
+    averaged over training seeds), or None when they were not measured."""
     best = f"smd-{flat_config(result)['best_objective']}"
-    jl, bl = use.get("short-smd-jensen"), use.get(f"short-{best}")
-    if not (jl and bl):
+
+    def ratio(name):
+        r = [max(v["ratio"] for v in m["latent_use"].values())
+             for m in result["models"].values()
+             if m["protocol"] == "short" and m["spec"]["name"] == name and m.get("latent_use")]
+        return (sum(r) / len(r), len(r)) if r else (None, 0)
+
+    (jr, jn), (br, bn) = ratio("smd-jensen"), ratio(best)
+    if jr is None or br is None:
         return None
-    jr = max(v["ratio"] for v in jl.values())
-    br = max(v["ratio"] for v in bl.values())
     return ("holds" if jr < 0.05 and br > 2 * jr else
             "holds with qualification" if br > 2 * jr else "does not hold as stated",
-            f"largest latent/data spread ratio on the short chain: smd-jensen {jr:.3f}, "
-            f"{best} {br:.3f}")
+            f"largest latent/data spread ratio on the short chain (mean over training seeds): "
+            f"smd-jensen {jr:.3f} ({jn} seeds), {best} {br:.3f} ({bn} seeds)")
 
 
 C5_CLAIM = "C5: SMD improves DDPM, especially with few steps (images)"
 L1_CLAIM = "L1: the jensen objective collapses SMD to a Gaussian kernel (images)"
-TIE_RULE = ("differences within twice the larger of the bootstrap and training-seed spreads "
-            "count as ties")
+TIE_RULE = ("FD are means over training seeds; differences within twice the larger of the "
+            "bootstrap spreads and the standard error of the difference of the seed means count "
+            "as ties")
 
 
 def is_smoke(result: dict) -> bool:
@@ -146,14 +206,21 @@ def unconverged_models(result: dict, labels) -> list[str]:
     return bad
 
 
+def _labels(result: dict, names, protocols) -> list[str]:
+    """Labels of every model (all training seeds) with a spec name in ``names`` trained on one of
+    ``protocols``."""
+    return [k for k, m in result["models"].items()
+            if m["spec"]["name"] in names and m["protocol"] in protocols]
+
+
 def _c5_models(result: dict) -> list[str]:
     best = f"smd-{flat_config(result)['best_objective']}"
-    return [f"{p}-{n}" for p in ("long", "short")
-            for n in (best, "ddpm", "ddpm-matched", "smd-jensen")]
+    return _labels(result, (best, "ddpm", "ddpm-matched", "smd-jensen"), ("long", "short"))
 
 
 def _l1_models(result: dict) -> list[str]:
-    return ["short-smd-jensen", f"short-smd-{flat_config(result)['best_objective']}"]
+    return _labels(result, ("smd-jensen", f"smd-{flat_config(result)['best_objective']}"),
+                   ("short",))
 
 
 def verdict_rows(result: dict) -> list[tuple[str, str, str]]:
@@ -239,10 +306,9 @@ def write_report(result: dict, out) -> Path:
     L += [f"Preset `{cfg['preset']}`; {result['dataset']['n_train']} training images of shape "
           f"{tuple(result['dataset']['shape'])}; device {result['device']}, world size "
           f"{result['world_size']}; this invocation took {result['seconds'] / 60:.1f} min"
-          f"{_training_minutes(result)}.  Each model is "
-          f"trained with seed {cfg['seed']} (the short-chain DDPM also with seeds "
-          f"{list(cfg['seed_repeats'])}); ± values are bootstrap spreads over the generated set.",
-          ""]
+          f"{_training_minutes(result)}{_workers_note(result)}.  "
+          f"{_seeds_note(cfg)} ± values: standard deviation over training seeds where a row "
+          f"has several, else the bootstrap spread over the generated set.", ""]
     L += ["## Metric", "",
           f"{metric} is the Fréchet distance between penultimate features of a small classifier "
           f"trained here on the training split (test accuracy {_fmt(fn.get('accuracy'))}, "
@@ -265,21 +331,36 @@ def write_report(result: dict, out) -> Path:
                  f"{1000 * m['step_seconds']:.1f} | {_fmt(m['final_loss'], 4)} | "
                  f"{'no curve' if conv is None else 'yes' if conv else 'no'} |")
     L += curve_section(result, metric)
-    L += ["", "## Results", "", "![metrics](figures/images/metrics_vs_steps.png)", "",
-          f"| model | protocol | sampler | steps | {metric} | KID | precision | recall | classes "
-          f"| class TV | img/s |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    L += ["", "## Headline: mean over training seeds", "",
+          "![metrics](figures/images/metrics_vs_steps.png)", "",
+          f"{metric} and KID per model, protocol, sampler and step count: mean ± standard "
+          f"deviation over the training seeds (one seed: ± the bootstrap spread).", "",
+          f"| model | protocol | sampler | steps | {metric} | KID | seeds |",
+          "|---|---|---|---|---|---|---|"]
+    for key in _row_keys(result):
+        name, protocol, sampler, S, frozen = key
+        match = dict(model=name, protocol=protocol, sampler=sampler, steps=S,
+                     frozen_latent=frozen)
+        fd, kid = seed_stat(result, "fd", **match), seed_stat(result, "kid", **match)
+        L.append(f"| {name}{' (frozen eta)' if frozen else ''} | {protocol} | {sampler} | {S} | "
+                 f"{_cell(fd)} | {_cell(kid, 4)} | {fd['n']} |")
+    L += ["", "## Results: every evaluation", "",
+          f"| model | protocol | train seed | sampler | steps | {metric} | KID | precision | "
+          f"recall | classes | class TV | img/s |",
+          "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for e in result["evaluations"]:
         m = e["metrics"]
         name = e["model"] + (" (frozen eta)" if e["frozen_latent"] else "")
         ips = e["extra"].get("images_per_second")
-        L.append(f"| {name} | {e['protocol']} | {e['sampler']} | {e['steps']} | "
+        L.append(f"| {name} | {e['protocol']} | {e['extra'].get('train_seed', '')} | "
+                 f"{e['sampler']} | {e['steps']} | "
                  f"{m['fd']:.3f} ± {m['fd_boot_std']:.3f} | {m['kid']:.4f} | "
                  f"{m['precision']:.2f} | {m['recall']:.2f} | {m['classes']['covered']} | "
                  f"{m['classes']['tv']:.3f} | {'' if ips is None else f'{ips:.0f}'} |")
     sd, k = seed_spread(result)
     seed_txt = ("not measured (one seed per model)" if sd is None else
-                f"FD-{fn.get('name', 'net')} of the short-chain DDPM has standard deviation "
-                f"{sd:.2f} over {k} training seeds (all other models: one seed)")
+                f"the pooled standard deviation of FD-{fn.get('name', 'net')} over training "
+                f"seeds is {sd:.2f} ({k} rows with several seeds)")
     use = {k: m["latent_use"] for k, m in result["models"].items() if m.get("latent_use")}
     if use:
         L += ["", "## Does SMD use its latent?", "",
@@ -344,6 +425,32 @@ def write_report(result: dict, out) -> Path:
     return atomic_write_text(out.report, "\n".join(L))
 
 
+def _seeds_note(cfg: dict) -> str:
+    reps = list(cfg.get("seed_repeats") or [])
+    prots = list(cfg.get("seed_protocols") or ["short"])
+    if not reps:
+        return f"Every model is trained with seed {cfg['seed']}."
+    return (f"Every model is trained with seed {cfg['seed']}; the models of the "
+            f"{' and '.join(prots)} protocol{'s' if len(prots) > 1 else ''} also with seeds "
+            f"{reps} (the headline rows' spread over training seeds).")
+
+
+def _workers_note(result: dict) -> str:
+    w = result.get("workers", 1)
+    return f", models trained {w} at a time in worker processes" if w and w > 1 else ""
+
+
+def _row_keys(result: dict) -> list[tuple]:
+    """(model, protocol, sampler, steps, frozen) of every generated-sample row, in first-seen
+    order."""
+    keys = []
+    for e in result["evaluations"]:
+        k = (e["model"], e["protocol"], e["sampler"], e["steps"], e["frozen_latent"])
+        if e["protocol"] != "data" and k not in keys:
+            keys.append(k)
+    return keys
+
+
 def format_command(argv=None) -> str:
     argv = sys.argv[1:] if argv is None else argv
     return "python -m smdlab.images" + ("" if not argv else " " + shlex.join(argv))
@@ -370,7 +477,8 @@ def lab_summary(root) -> dict | None:
     few, short = min(cfg["sample_steps"]), cfg["short_chain"]
     lines = [f"DDPM against SMD on {result['dataset']['train']} (preset `{cfg['preset']}`, n = "
              f"{result['sampling']['n']} samples per row, feature classifier test accuracy "
-             f"{_fmt(fn.get('accuracy'))}). {metric} at the fewest steps of each protocol; the "
+             f"{_fmt(fn.get('accuracy'))}). {metric} at the fewest steps of each protocol "
+             "(mean ± sd over training seeds where there are several); the "
              "full tables, latent use and caveats are in [REPORT-images.md](REPORT-images.md).",
              "", f"| model | long protocol, {few} steps | short chain ({short} steps) |",
              "|---|---|---|"]
@@ -379,14 +487,11 @@ def lab_summary(root) -> dict | None:
     for name in names:
         cells = []
         for protocol, S in (("long", few), ("short", short)):
-            r = rows_of(result, model=name, protocol=protocol, sampler="ancestral", steps=S,
-                        frozen_latent=False)
-            if r:
-                m = r[0]["metrics"]
-                cells.append(f"{m['fd']:.3f} ± {m['fd_boot_std']:.3f}")
-                headline[f"fd_{name}_{protocol}_S{S}"] = round(m["fd"], 4)
-            else:
-                cells.append("-")
+            st = seed_stat(result, model=name, protocol=protocol, sampler="ancestral", steps=S,
+                           frozen_latent=False)
+            cells.append(_cell(st))
+            if st:
+                headline[f"fd_{name}_{protocol}_S{S}"] = round(st["mean"], 4)
         lines.append(f"| {name} | {cells[0]} | {cells[1]} |")
     smoke = is_smoke(result)
     if smoke:

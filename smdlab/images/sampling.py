@@ -59,8 +59,10 @@ def generate(model, n: int, schedule: NoiseSchedule | None = None, method: str =
     return torch.cat(out)
 
 
-def save_grid(images: torch.Tensor, path, nrow: int | None = None, scale: int = 4):
-    """Save images (N, C, H, W) in [-1, 1] as one PNG grid (nearest-neighbour upscaled)."""
+def save_grid(images: torch.Tensor, path, nrow: int | None = None, scale: int = 4,
+              title: str | None = None):
+    """Save images (N, C, H, W) in [-1, 1] as one PNG grid (nearest-neighbour upscaled), with
+    ``title`` written in a white band above it."""
     import io
     import math
 
@@ -83,6 +85,27 @@ def save_grid(images: torch.Tensor, path, nrow: int | None = None, scale: int = 
              pad + c * (W + pad): pad + c * (W + pad) + W] = a[k]
     im = Image.fromarray(grid[..., 0] if C == 1 else grid)
     im = im.resize((im.width * scale, im.height * scale), Image.NEAREST)
+    if title:
+        im = _with_title(im, title)
     buf = io.BytesIO()
     im.save(buf, format="PNG")
     return atomic_write_bytes(path, buf.getvalue())
+
+
+def _with_title(im, title: str):
+    """``im`` below a white band holding ``title`` (PIL's built-in font, wrapped to the width)."""
+    import textwrap
+
+    from PIL import Image, ImageDraw, ImageFont
+
+    font = ImageFont.load_default()
+    per_line = max(8, im.width // 6)          # the built-in font is about 6 pixels per character
+    lines = textwrap.wrap(title, per_line) or [""]
+    band = 4 + 12 * len(lines)
+    mode = im.mode
+    out = Image.new(mode, (im.width, im.height + band), 255 if mode == "L" else (255, 255, 255))
+    out.paste(im, (0, band))
+    draw = ImageDraw.Draw(out)
+    for i, line in enumerate(lines):
+        draw.text((2, 2 + 12 * i), line, fill=0 if mode == "L" else (0, 0, 0), font=font)
+    return out
