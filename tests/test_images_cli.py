@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from smdlab.images.__main__ import main
@@ -186,3 +187,20 @@ def test_resume_with_different_pixels_is_an_error(tmp_path, capsys):
     assert main(args) == 2
     err = capsys.readouterr().err
     assert "config differs" in err and "data_fingerprint" in err
+
+
+def test_channels_last_is_the_same_function_and_part_of_the_checkpoint(tmp_path):
+    """channels_last changes the memory layout only: the curves and evaluations agree with the
+    default layout up to rounding, and a resume with the layout changed is refused."""
+    plain, last = tmp_path / "plain", tmp_path / "last"
+    tiny = ["--preset", "tiny"]
+    assert main([*tiny, "--out", str(plain)]) == 0
+    assert main([*tiny, "--out", str(last), "--set", "channels_last=true"]) == 0
+    (c0, e0), (c1, e1) = _numbers(plain), _numbers(last)
+    assert [x[:5] for x in e0] == [x[:5] for x in e1]
+    np.testing.assert_allclose([x[5:] for x in e0], [x[5:] for x in e1], rtol=1e-3, atol=1e-4)
+    assert sorted(c0) == sorted(c1)
+    for k in c0:
+        np.testing.assert_allclose([q["fd"] for q in c0[k]], [q["fd"] for q in c1[k]],
+                                   rtol=1e-3, atol=1e-4)
+    assert main([*tiny, "--out", str(last)]) == 2        # layout changed: not a silent reuse

@@ -136,7 +136,9 @@ class EvalConfig:
     n_grid: images per saved grid; curve_points: learning-curve evaluations during training
     (fewer when a model trains fewer steps); curve_n: samples per curve point (small: cheap, and
     FD at small n is biased upwards, see the report's FD-against-n table); curve_rel_tol: the
-    convergence rule's relative tolerance."""
+    convergence rule's relative tolerance.  The defaults (n = 250, 10%) were chosen with
+    benchmarks/bench_image_recipes.py: at n = 100 the last points of trained digits models
+    still moved 5-15% between evaluations (results in benchmarks/results/)."""
 
     n_samples: int = 250
     sample_batch: int = 500
@@ -144,8 +146,8 @@ class EvalConfig:
     classifier_steps: int = 400
     n_grid: int = 36
     curve_points: int = 8
-    curve_n: int = 100
-    curve_rel_tol: float = 0.05
+    curve_n: int = 250
+    curve_rel_tol: float = 0.1
 
     def __post_init__(self):
         if self.n_samples < 8:
@@ -160,10 +162,15 @@ class EvalConfig:
 
 
 def image_train_config(**changes) -> TrainConfig:
-    """The image models' optimisation defaults (the seed is set per model)."""
-    base = dict(steps=450, lr=2e-3, weight_decay=0.0, warmup_steps=50, grad_clip=1.0,
+    """The image models' optimisation defaults (the seed is set per model): AdamW at lr 2e-3,
+    a cosine decay to 2% of it over 2,000 steps, EMA 0.99.  Chosen by
+    benchmarks/bench_image_recipes.py on digits 8 x 8 (FD-digitsnet, curve n = 100): a constant
+    lr for the earlier 450 / 300 steps left the DDPM at FD 21.0 (1000-step chain, sampled on 10
+    steps) and SMD-energy at 40.0 (10-step chain); the cosine over 2,000 steps brought them to
+    5.2 and 10.9, with the curves flat over their last quarter."""
+    base = dict(steps=2000, lr=2e-3, weight_decay=0.0, warmup_steps=50, grad_clip=1.0,
                 ema_decay=0.99, checkpoint_every=250, keep_checkpoints=1, log_every=25,
-                progress=True, bf16=True)
+                progress=True, bf16=True, lr_schedule="cosine", lr_final=0.02)
     return TrainConfig(**{**base, **changes})
 
 
@@ -176,7 +183,10 @@ class ImagesConfig:
     rows: their mean and spread over training seeds); batch_size: per-process batch;
     short_train_steps: steps of the short-chain models; device: None = CUDA if available;
     workers: models trained at once in that many spawned processes (one process, not torchrun;
-    each with the run's thread count; on a GPU they share it), the numbers do not depend on it.
+    each with the run's thread count; on a GPU they share it), the numbers do not depend on it;
+    channels_last: keep the models' weights and the training images in channels-last memory
+    layout (faster convolutions on GPUs with tensor cores; the same function, numbers equal up
+    to rounding, so it is part of each checkpoint's config).
     """
 
     preset: str = "default"
@@ -184,9 +194,10 @@ class ImagesConfig:
     seed_repeats: tuple[int, ...] = (1, 2)
     seed_protocols: tuple[str, ...] = ("short",)
     workers: int = 1
+    channels_last: bool = False
     device: str | None = None
     batch_size: int = 48
-    short_train_steps: int = 300
+    short_train_steps: int = 2000
     data: DataConfig = field(default_factory=DataConfig)
     net: NetConfig = field(default_factory=NetConfig)
     models: ModelsConfig = field(default_factory=ModelsConfig)

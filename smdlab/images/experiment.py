@@ -370,6 +370,10 @@ def _run_job(s: _Setup, job: ImageJob, out: ImageOutputs, info: DistInfo, log,
     chain = s.root if protocol == "long" else s.short
     torch.manual_seed(seed)
     model = build_model(spec, s.unet, s.root)
+    images = s.train_data.images
+    if cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+        images = images.contiguous(memory_format=torch.channels_last)
     objective = Objective(spec.objective, chain, n_samples=spec.n_samples)
     # Everything that changes what this model learns: a resume with any of it changed is an
     # error (smdlab.training compares the stored config), never a silent reuse.
@@ -377,7 +381,8 @@ def _run_job(s: _Setup, job: ImageJob, out: ImageOutputs, info: DistInfo, log,
              "objective": objective.describe(), "dataset": s.train_data.name,
              "n_train": len(s.train_data), "data_fingerprint": s.fingerprint,
              "flip": d.flip, "image_size": d.image_size, "channels": d.channels,
-             "batch_size": cfg.batch_size, "world_size": info.world_size}
+             "batch_size": cfg.batch_size, "world_size": info.world_size,
+             **({"channels_last": True} if cfg.channels_last else {})}
     tc = dataclasses.replace(cfg.train, steps=job.steps, seed=seed,
                              progress=cfg.train.progress and progress)
     curve_S, curve_chain = _curve_chain(cfg, protocol, s.root, s.short)
@@ -387,7 +392,7 @@ def _run_job(s: _Setup, job: ImageJob, out: ImageOutputs, info: DistInfo, log,
     recorder = CurveRecorder(out.runs / label, job.steps, s.evaluate, curve_chain,
                              curve_settings, device=info.device, use_ema=cfg.eval.use_ema,
                              is_main=info.is_main, rel_tol=cfg.eval.curve_rel_tol)
-    tr = train_image_model(model, objective, s.train_data.images, tc, batch_size=cfg.batch_size,
+    tr = train_image_model(model, objective, images, tc, batch_size=cfg.batch_size,
                            flip=d.flip, run_dir=out.runs / label, info=info,
                            extra_config=extra, desc=label, callback=recorder)
     res = tr.result

@@ -1,15 +1,22 @@
 """Named configurations of the image comparison (``--preset``): instances of
-:class:`~smdlab.images.config.ImagesConfig`.
+:class:`~smdlab.images.config.ImagesConfig`.  Times are this 2-core CPU machine's unless marked.
 
-CPU presets (digits 8 x 8, scikit-learn's, no download):
-  * ``default``: the comparison that ``python -m smdlab.images`` runs on 2 cores (2 worker
-    processes; every short-chain model with 3 training seeds);
+CPU presets:
+  * ``default``: digits 8 x 8 (inside scikit-learn): the comparison that ``python -m
+    smdlab.images`` runs (2 worker processes, 16 models: both protocols, every short-chain
+    model with training seeds 0, 1, 2; 2,000 steps each, chosen by
+    benchmarks/bench_image_recipes.py); its measured wall time is in the README;
   * ``smoke``: the same pipeline in well under 2 minutes (tests run it; no verdicts);
-  * ``tiny``: the smallest end-to-end run on any dataset (tests run the GPU script with it).
+  * ``tiny``: the smallest end-to-end run on any dataset (tests run it on real Fashion-MNIST
+    and run the GPU script with it);
+  * ``cpu-fashion``: full 28 x 28 Fashion-MNIST (IDX files under --data-root) sized to leave
+    running on a CPU (a width-16 U-Net, 6,000 steps per model; the README gives its time
+    extrapolated from measured step times, benchmarks/bench_gpu_sizing.py --cpu-batch 0).
 GPU presets (for users with a GPU and the data):
-  * ``mnist`` / ``fashion-mnist``: 28 x 28, IDX files under --data-root;
-  * ``gpu-fashion``: a Fashion-MNIST comparison sized for ~10 minutes on one H200
-    (scripts/gpu_images.sh);
+  * ``mnist`` / ``fashion-mnist``: 28 x 28, 20,000 steps per model at width 64;
+  * ``gpu-fashion``: a Fashion-MNIST comparison sized for one call of at most 10 minutes on one
+    H200 (scripts/gpu_images.sh; 4 worker processes share the GPU, channels-last, bf16
+    autocast, 5,000 samples per evaluation; FLOP estimate: benchmarks/bench_gpu_sizing.py);
   * ``cifar10``: 32 x 32, the published configuration (width 128, multipliers 1,2,2,2, attention
     at 16, dropout 0.1, latent 100 per pixel, 2 hypernetwork layers, generator width 1/4,
     T = 1000, 800k steps at batch 128 in the paper's setting; scale train.steps to your budget).
@@ -59,15 +66,28 @@ PRESETS: dict[str, ImagesConfig] = {
     "mnist": _mnist_like("mnist"),
     "fashion-mnist": _mnist_like("fashion-mnist"),
     "gpu-fashion": ImagesConfig(
-        preset="gpu-fashion", batch_size=256, short_train_steps=1500,
+        preset="gpu-fashion", batch_size=256, short_train_steps=1500, workers=4,
+        channels_last=True,
         data=DataConfig(dataset="fashion-mnist"),
         net=NetConfig(base_channels=32, channel_mults=(1, 2, 2), num_res_blocks=1,
                      attn_resolutions=(7,), inner_dim=100),
         models=ModelsConfig(latent_dim=16),
-        chains=ChainsConfig(sample_steps=(1000, 100, 50, 20, 10), ddim_steps=(100, 50, 20, 10)),
+        chains=ChainsConfig(sample_steps=(1000, 100, 20, 10), ddim_steps=(100, 20, 10)),
         train=image_train_config(steps=1500, lr=1e-3, ema_decay=0.998, warmup_steps=100,
+                                 lr_schedule="cosine", lr_final=0.02,
                                  checkpoint_every=500, log_every=50),
-        eval=EvalConfig(n_samples=2000, sample_batch=1000, classifier_steps=1500, curve_n=500)),
+        eval=EvalConfig(n_samples=5000, sample_batch=2500, classifier_steps=1500, curve_n=500)),
+    "cpu-fashion": ImagesConfig(
+        preset="cpu-fashion", batch_size=64, short_train_steps=6000, workers=2,
+        data=DataConfig(dataset="fashion-mnist"),
+        net=NetConfig(base_channels=16, channel_mults=(1, 2, 2), num_res_blocks=1,
+                     inner_dim=32),
+        models=ModelsConfig(latent_dim=8),
+        chains=ChainsConfig(sample_steps=(100, 20, 10), ddim_steps=(20, 10)),
+        train=image_train_config(steps=6000, lr=2e-3, ema_decay=0.999, warmup_steps=200,
+                                 lr_schedule="cosine", lr_final=0.02,
+                                 checkpoint_every=1000, log_every=100),
+        eval=EvalConfig(n_samples=1000, sample_batch=500, classifier_steps=1500, curve_n=250)),
     "cifar10": ImagesConfig(
         preset="cifar10", batch_size=128, short_train_steps=800_000,
         data=DataConfig(dataset="cifar10", flip=True),

@@ -55,6 +55,8 @@ class ImageBatches:
         idx = torch.randint(self.images.shape[0], (self.batch_size,), generator=generator,
                             device=dev)
         x = self.images[idx]
+        if self.images.dim() == 4 and self.images.is_contiguous(memory_format=torch.channels_last):
+            x = x.contiguous(memory_format=torch.channels_last)
         if self.flip:
             flip = torch.rand(self.batch_size, generator=generator, device=dev) < 0.5
             x = torch.where(flip[:, None, None, None], x.flip(-1), x)
