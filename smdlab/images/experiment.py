@@ -21,7 +21,8 @@ for the long protocol, the training chain for the short one); the points are sav
 checkpoints (``curve.json``), so a resumed run reuses them and computes the same curve.  A model is
 *converged* when its FD curve passes :func:`smdlab.convergence.is_converged` with the relative
 tolerance alone (the last 3 points within ``eval.curve_rel_tol`` of the final one; the points
-share one sampling seed, so their differences are not limited by the bootstrap spread); a
+share one sampling seed, yet measured late points of trained digits models still moved 10-17%
+at n = 250 and up to ~20% at n = 1000, so the tolerance must exceed that jitter); a
 verdict resting on an unconverged model has status
 "unconverged" (:func:`smdlab.experiments.base.gate_on_convergence`).
 
@@ -202,10 +203,11 @@ class CurveRecorder:
     At each step of ``evaluation_steps(total, points)`` (main process only) it samples ``n``
     images from the EMA weights (or the raw ones) on ``chain`` with seed ``seed``, scores them
     with ``evaluate`` and appends {step, fd, fd_boot_std, kid, kid_std} (the bootstrap / subset
-    spreads of one point).  Every point uses the same sampling seed (common random numbers), so
-    the noise of a *difference* between points is far below one point's bootstrap spread: the
-    plateau rule is applied with the relative tolerance alone (as the toy zoo does for its grid
-    KL), not with those spreads as standard errors (which at small n would pass any curve).
+    spreads of one point).  Every point uses the same sampling seed (common random numbers); that
+    lowers the noise of a *difference* between points less than hoped (the sampler's paths react
+    to small weight changes: late points moved 10-20% in the default run), so the rule is applied
+    with the relative tolerance alone (as the toy zoo does for its grid KL), not with the
+    bootstrap spreads as standard errors (which at small n would pass any curve).
     The torch RNG state is restored afterwards, so training is unchanged by the
     evaluations.  Points are written to ``run_dir/curve.json`` with the settings that made them;
     stored points with the same settings are reused (a resumed or reloaded model's weights at a
@@ -566,8 +568,8 @@ def run_images(cfg: ImagesConfig, out: ImageOutputs, info: DistInfo | None = Non
 def convergence_rule(rel_tol: float) -> str:
     return (f"converged when each of the FD curve's last 3 points lies within {rel_tol:.0%} of "
             f"the final one (smdlab.convergence.is_converged with the relative tolerance alone: "
-            f"every point is sampled with the same seed, so differences between points are much "
-            f"more precise than one point's bootstrap spread, which is drawn as error bars); a "
+            f"every point is sampled with the same seed; one point's bootstrap spread is drawn as "
+            f"error bars, not used as a standard error, since at small n it would pass any curve); a "
             f"curve of fewer than 3 points is not converged")
 
 
