@@ -55,7 +55,9 @@ class ImageBatches:
         idx = torch.randint(self.images.shape[0], (self.batch_size,), generator=generator,
                             device=dev)
         x = self.images[idx]
-        if self.images.dim() == 4 and self.images.is_contiguous(memory_format=torch.channels_last):
+        # channels-last storage (and not also plain-contiguous, as one-channel images are): keep it
+        if self.images.dim() == 4 and not self.images.is_contiguous() and \
+                self.images.is_contiguous(memory_format=torch.channels_last):
             x = x.contiguous(memory_format=torch.channels_last)
         if self.flip:
             flip = torch.rand(self.batch_size, generator=generator, device=dev) < 0.5
