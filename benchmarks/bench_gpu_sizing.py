@@ -31,6 +31,7 @@ ROOT = Path(__file__).resolve().parent.parent
 # dense bf16 tensor-core peak of one H200 SXM (NVIDIA's data sheet: 1,979 TFLOP/s with 2:4
 # sparsity, half of it dense)
 H200_BF16_DENSE_TFLOPS = 989.0
+CPU_REPEATS = 5      # timed train steps per model (the best counts), after one warm-up step
 NATIVE_SHAPES = {"digits": (1, 8, 8), "mnist": (1, 28, 28), "fashion-mnist": (1, 28, 28),
                  "cifar10": (3, 32, 32)}
 
@@ -51,23 +52,26 @@ def _train_step(model, objective, x0, g):
     loss.backward()
 
 
-def count(model, objective, shape, batch):
-    """(train FLOPs per step at ``batch``, FLOPs per network evaluation of one image)."""
-    from smdlab.images.sampling import generate
-
+def train_flops(model, objective, shape, batch):
+    """FLOPs of one train step (forward + backward) at ``batch``."""
     g = torch.Generator().manual_seed(0)
     x0 = torch.rand((batch, *shape), generator=g) * 2 - 1
     with FlopCounterMode(display=False) as fc:
         _train_step(model, objective, x0, g)
-    train = fc.get_total_flops()
     model.zero_grad(set_to_none=True)
-    n = 4
-    with FlopCounterMode(display=False) as fc:      # a 1-step chain: one evaluation per image
+    return fc.get_total_flops()
+
+
+def eval_flops(model, n=4):
+    """FLOPs of one network evaluation of one image (a 1-step chain)."""
+    from smdlab.images.sampling import generate
+
+    with FlopCounterMode(display=False) as fc:
         generate(model, n, model.schedule.respace(1), "ancestral", batch_size=n, seed=0)
-    return train, fc.get_total_flops() / n
+    return fc.get_total_flops() / n
 
 
-def cpu_seconds_per_step(model, objective, shape, batch, repeats=5):
+def cpu_seconds_per_step(model, objective, shape, batch, repeats=CPU_REPEATS):
     g = torch.Generator().manual_seed(1)
     x0 = torch.rand((batch, *shape), generator=g) * 2 - 1
     best = float("inf")
@@ -113,10 +117,10 @@ def main(argv=None):
         torch.manual_seed(0)
         model = build_model(spec, unet, root)
         obj = Objective(spec.objective, root, n_samples=spec.n_samples)
-        train, evalf = count(model, obj, shape, cfg.batch_size)
-        cpu_s = cpu_seconds_per_step(model, obj, shape, cpu_batch)
-        cpu_flops = train if cpu_batch == cfg.batch_size else count(model, obj, shape,
-                                                                       cpu_batch)[0]
+        train, evalf = train_flops(model, obj, shape, cfg.batch_size), eval_flops(model)
+        cpu_s = cpu_seconds_per_step(model, obj, shape, cpu_batch, CPU_REPEATS)
+        cpu_flops = train if cpu_batch == cfg.batch_size else train_flops(model, obj, shape,
+                                                                             cpu_batch)
         per_spec[spec.name] = {"parameters": sum(p.numel() for p in model.parameters()),
                                "train_flops_per_step": train, "eval_flops_per_image": evalf,
                                "cpu_batch": cpu_batch, "cpu_seconds_per_step": cpu_s,
@@ -155,7 +159,7 @@ def main(argv=None):
         cpu_s = sum(j["steps"] * per_spec[j["label_spec"]]["cpu_seconds_per_step"] for j in jobs)
         cpu_train_minutes = cpu_s / max(cfg.workers, 1) / 60
         print(f"training on this CPU (1 thread per worker, {cfg.workers} worker(s), best of "
-              f"{5} steps per model, evaluations left out): {cpu_train_minutes:.0f} minutes")
+              f"{CPU_REPEATS} steps per model, evaluations left out): {cpu_train_minutes:.0f} minutes")
     write_json(Path(a.out), {**run_metadata(cfg), "args": vars(a), "shape": list(shape),
                              "per_model": per_spec, "jobs": jobs, "total_flops": total,
                              "peak_tflops": a.peak_tflops, "minutes_at_fraction": minutes,
