@@ -151,22 +151,55 @@ def pushable(dist, kernel):
     return dist
 
 
-def kernel_box(dist, width: float) -> tuple[np.ndarray, np.ndarray]:
+def kernel_box(dist, width: float, mass: torch.Tensor | None = None,
+               trim: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
     """Per-axis (lo, hi) of the kernel means +- width kernel standard deviations (where the pushed
-    mass can land), so that a model wider than the target loses no mass to the box."""
+    mass can land), so that a model wider than the target loses no mass to the box.
+
+    With the source nodes' ``mass`` (N,) and ``trim`` > 0, the box holds all but a share ``trim``
+    of the pushed mass instead of every component: per axis and side, the components whose
+    extents lie beyond a weighted quantile at trim / (2 D) of the mass are left out.  A latent
+    kernel can send a tail latent draw of a heavy node a hundred units away; one such draw would
+    otherwise stretch a fixed-size grid until nothing is resolved (measured: a 4-step SMD model,
+    box -66..111 instead of -8..8, KL 2.85 instead of 1.96).  The mass left outside is lost to
+    the push and reported by the caller (``mass_lost``): the KL computed from the rest is an
+    upper bound for the dropped part."""
     if isinstance(dist, Gaussian):
         mu = dist.mean()
         var = dist.variance if dist.isotropic else torch.diagonal(dist.covariance, dim1=-2,
                                                                    dim2=-1).amax(-1)
+        w = mass
     elif isinstance(dist, LatentMixture):
         mu, var = dist.means.reshape(-1, dist.D), dist.variances.reshape(-1)
+        N, L = dist.means.shape[:2]
+        share = dist.log_weights.exp() if dist.weighted else torch.full(
+            (N, L), 1.0 / L, dtype=dist.means.dtype)
+        w = None if mass is None else (mass[:, None] * share).reshape(-1)
         if dist.weighted:       # components of negligible weight cannot widen the box
             keep = dist.log_weights.reshape(-1) > math.log(1e-12)
             mu, var = mu[keep], var[keep]
+            w = None if w is None else w[keep]
     elif isinstance(dist, MixturePosterior):
         mu = (dist.mean())
         var = dist.covariance_trace()
+        w = mass
     else:
         raise ValueError(f"cannot push a {type(dist).__name__}")
     sd = var.sqrt()[:, None]
-    return (mu - width * sd).amin(0).numpy(), (mu + width * sd).amax(0).numpy()
+    lo, hi = mu - width * sd, mu + width * sd
+    if w is None or trim <= 0:
+        return lo.amin(0).numpy(), hi.amax(0).numpy()
+    cut = trim / (2 * mu.shape[1]) * w.sum()
+    return (_weighted_edge(lo, w, cut, low=True), _weighted_edge(hi, w, cut, low=False))
+
+
+def _weighted_edge(ext: torch.Tensor, w: torch.Tensor, cut: torch.Tensor, low: bool) -> np.ndarray:
+    """Per axis: the outermost extent once components holding at most ``cut`` of the mass beyond
+    it are dropped (ext: (M, D) lower or upper extents, w: (M,) masses)."""
+    out = []
+    for d in range(ext.shape[1]):
+        order = torch.argsort(ext[:, d], descending=not low)
+        beyond = torch.cumsum(w[order], 0)               # mass at or beyond each extent
+        first = int(torch.searchsorted(beyond, cut.to(beyond.dtype), right=True))
+        out.append(ext[order[min(first, len(order) - 1)], d].item())
+    return np.array(out)

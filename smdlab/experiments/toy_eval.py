@@ -80,6 +80,8 @@ def score(mix, kernel, chain: NoiseSchedule, sizes: ToyEval, seed: int, grid: bo
                                 generator=g)
         row["kl"], row["mass_lost"] = float(res["kl"]), float(res["mass_lost"])
         row["kl_resolved"] = bool(res.get("resolved", True))
+        if "kl_se" in res:                      # random latent draws: the jackknife's s.e.
+            row["kl_se"] = float(res["kl_se"])
         if not math.isfinite(row["kl"]):
             row["kl"] = math.inf
     return row, samples

@@ -33,7 +33,8 @@ toy_train_config`), float32 weights. EMA snapshots are written in the checksumme
 model records a learning curve (:mod:`smdlab.convergence`) of ``zoo.n_evals`` evaluations against
 the exact target during training (``curve.json`` beside its checkpoint): in-mode share and NLL
 excess of ``zoo.curve_samples`` ancestral samples on its own chain, and on chains of <= 100 steps
-of a 2-D target the grid global KL (64^2 nodes, 16 latent draws per node; for the SMD kinds only at
+of a 2-D target the grid global KL (64^2 nodes; SMD: 8 jackknifed pushes of 2 latent draws per
+node, with a standard error the rule uses; for the SMD kinds only at
 the rule's window of final evaluations, :func:`kl_evaluations`; why: :class:`~.toy_config.ToyZoo`).
 The convergence rule is applied to the primary metric (in-mode share on long chains, grid KL on
 few-step chains, NLL excess otherwise).
@@ -235,6 +236,8 @@ def curve_point(zoo: ToyZoo, kernel, chain: NoiseSchedule, seed: int, kl: bool =
                                     n_latent=zoo.curve_latent, generator=g, refine=False)
         point["kl_resolved"] = float(bool(res.get("resolved", True)))
         point["kl"] = float(res["kl"])          # inf: no mass where q lives (never converged)
+        if "kl_se" in res:                      # random latent draws: the jackknife's s.e.
+            point["kl_se"] = float(res["kl_se"])
     return point
 
 
