@@ -94,3 +94,23 @@ def test_tail_draws_of_negligible_mass_do_not_stretch_the_grid():
                                   box_trim=0.0, generator=torch.Generator().manual_seed(0))
     # a box stretched to 1e4 leaves 256 nodes about 40 apart: nothing is resolved
     assert not whole["resolved"] and not (abs(whole["kl"] - ref) < 0.1)
+
+
+def test_two_grid_kls_agree_within_the_tolerance_and_their_standard_errors():
+    from smdlab.experiments.toy_eval import grids_agree
+
+    assert grids_agree(1.0, 1.04) and grids_agree(0.1, 0.115)       # 5%, or 0.02 nats
+    assert not grids_agree(1.0, 1.2)
+    assert grids_agree(1.0, 1.2, 0.05, 0.05)                          # 2 x hypot(se) = 0.14
+    assert not grids_agree(math.inf, math.inf) and not grids_agree(1.0, math.nan)
+
+
+def test_a_scored_latent_row_carries_the_jackknife_standard_error():
+    from smdlab.experiments.toy_config import ToyEval
+    from smdlab.experiments.toy_eval import score
+
+    k, ref = _ref()
+    row, _ = score(TWO, Jitter(k), CHAIN, ToyEval(n_eval=200, n_grid=256, n_latent=2), seed=3)
+    assert row["kl_se"] > 0 and abs(row["kl"] - ref) < 4 * row["kl_se"] + 1e-4
+    row, _ = score(TWO, k, CHAIN, ToyEval(n_eval=200, n_grid=256, n_latent=2), seed=3)
+    assert "kl_se" not in row and row["kl"] == pytest.approx(ref, rel=1e-6)

@@ -34,7 +34,16 @@ from ..provenance import save_figure
 from .base import ExperimentResult, Outputs, Verdict, gate_on_convergence, register, save_result
 from .e7_latent_use import unconverged_models
 from .toy_config import COLORS, LABELS, ToyEval, ToyZoo
-from .toy_eval import evaluate, evaluate_iw, fmt, iw_sizes, mean_spread, references, references_iw
+from .toy_eval import (
+    evaluate,
+    evaluate_iw,
+    fmt,
+    grids_agree,
+    iw_sizes,
+    mean_spread,
+    references,
+    references_iw,
+)
 from .toy_zoo import toy_zoo
 
 
@@ -130,17 +139,19 @@ def _grid_check(agg: dict, tm, zc, S: int, sizes: ToyEval) -> None:
     """When the grid route flagged its KL unresolved (its node-rule error estimate is
     conservative: it bounds the aliasing from the spread of neighbouring nodes' kernel means),
     recompute seed 0's KL on a grid 1.5 times as fine per axis; if the two agree within 5% (and
-    0.02 nats), the entry counts as resolved by that check (``kl_checked``); else it stays
+    0.02 nats) plus twice their combined s.e. (:func:`~.toy_eval.grids_agree`), the entry
+    counts as resolved by that check (``kl_checked``); else it stays
     unresolved and the verdicts leave it out."""
     if "kl" not in agg or agg.get("kl_resolved", True):
         return
     fine = dataclasses.replace(sizes, n_grid=int(1.5 * sizes.n_grid))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
-        a = evaluate(tm, zc, S, sizes, grid=True)[0]["kl"]
-        b = evaluate(tm, zc, S, fine, grid=True)[0]["kl"]
+        ra = evaluate(tm, zc, S, sizes, grid=True)[0]
+        rb = evaluate(tm, zc, S, fine, grid=True)[0]
+    a, b = ra["kl"], rb["kl"]
     agg["kl_check"] = {"n_grid": [sizes.n_grid, fine.n_grid], "kl": [a, b]}
-    if math.isfinite(a) and math.isfinite(b) and abs(a - b) <= max(0.05 * abs(b), 0.02):
+    if grids_agree(a, b, ra.get("kl_se", 0.0), rb.get("kl_se", 0.0)):
         agg["kl_resolved"], agg["kl_checked"] = True, True
 
 

@@ -146,7 +146,14 @@ class ToyZoo:
     FACTOR times ``train.steps`` (the same schedule, stretched).  SMD-energy gets 2.5 (2000
     steps): at 800 cosine steps its 1000-step model had an in-mode share of 0.475 and was still
     rising (0.83-0.88 after 2000 constant-lr steps in the run before), while every DDPM had
-    converged (``benchmarks/results/bench_zoo_recipe.md``).
+    converged (``benchmarks/results/bench_zoo_recipe.md``).  SMD-jensen (every chain) and
+    SMD-multisample on the 4- and 10-step chains get 2.5 as well: with the jackknifed grid KL
+    (below) their 800-step few-step curves were still moving (multisample, 4 steps, three seeds:
+    2.76 -> 2.50, 2.97 -> 2.48, 2.77 -> 2.38 over the last three evaluations; jensen, 4 steps,
+    seed 1: 3.35 -> 3.59); at 2000 steps multisample seed 0 reads 2.32, 2.29, 2.23 and jensen
+    seed 1 4.51, 4.50, 4.61 (still creeping up toward the 5.92 of the oracle DDPM with SMD's
+    variance), both converged by the rule.  Multisample on the 1000-step chain keeps 800 steps:
+    it does not learn there with any recipe tried (issue 10).
 
     Why this curve grid (issue 10, measured on a 2000-step SMD-energy model, 4 steps, three
     latent seeds each): 32^2 nodes with 4 draws (the old curve) and 64^2 with 8 (E6's
@@ -177,7 +184,8 @@ class ToyZoo:
     curve_latent: int = 2
     curve_kl_last: int = 3
     workers: int = 2
-    kind_steps: tuple[str, ...] = ("smd-energy=2.5", "mixture=7.5")
+    kind_steps: tuple[str, ...] = ("smd-energy=2.5", "mixture=7.5", "smd-jensen=2.5",
+                                   "smd-multisample@4=2.5", "smd-multisample@10=2.5")
 
     def __post_init__(self):
         if self.n_evals < 0 or self.curve_samples < 1 or self.curve_grid < 8 or \
