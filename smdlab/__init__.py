@@ -18,7 +18,13 @@ from .exact import (  # noqa: E402
     score,
 )
 from .fit import fit as fit  # noqa: E402  (re-exported: smdlab.fit(target, kind=...))
-from .kernels import BestGaussianKernel, ExactKernel, MixtureConstructionKernel, ReverseKernel  # noqa: E402
+from .kernels import (  # noqa: E402
+    BestGaussianKernel,
+    ExactKernel,
+    MixtureConstructionKernel,
+    ReverseKernel,
+    SplicedKernel,
+)
 from .mixture import GaussianMixture  # noqa: E402
 from .parameterization import posterior_coefficients, root_jump  # noqa: E402
 from .sampling import (  # noqa: E402
@@ -40,5 +46,5 @@ __all__ = [
     "LatentMixture", "MixturePosterior", "NoiseSchedule", "PointMass", "ReverseKernel", "StepInfo",
     "ancestral_sample", "best_gaussian", "chain_steps", "ddim_sample", "expected_eps",
     "expected_x0", "marginal", "mixture_score", "posterior", "posterior_coefficients",
-    "prior_sample", "root_jump", "score",
+    "prior_sample", "root_jump", "score", "SplicedKernel",
 ]

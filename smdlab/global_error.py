@@ -72,6 +72,8 @@ BOX_TRIM = 1e-6
 LATENT_REPLICATES = 8
 #: ... and the node-rule error such a KL may carry, as a share of its standard error.
 LATENT_ALIAS_SHARE = 0.25
+#: ... but never more than this (a KL that is merely imprecise must not excuse the node rule).
+LATENT_ALIAS_MAX = 0.01
 #: Work (Gaussian evaluations) above which the full-covariance push warns and shows progress.
 SLOW_WORK = 3e9
 
@@ -184,11 +186,13 @@ def grid_global_error(mixture: GaussianMixture, kernel: ReverseKernel,
     model's mass on the boxes before the last jump: truncation plus node-rule error),
     "p_mass_in_box" (p's mass on q's box at step 0), "mass_pruned", "n_grid" (the grid used),
     "n_grid_requested", "grid_error" (the estimated node-rule error), "resolved" (grid_error <=
-    tol, or for random latent draws <= LATENT_ALIAS_SHARE x kl_se, and no mass gained),
+    tol, or for random latent draws <= min(LATENT_ALIAS_SHARE x kl_se, LATENT_ALIAS_MAX), no
+    unstable jackknife, and no mass gained),
     "resolution" (worst neighbour mean shift / kernel sd over the chain), "steps"; for random
     latent draws also "kl_se" (jackknife standard error over the R replicates), "kl_pooled"
     (the KL of their pooled density, before the bias correction), "kl_replicates" (each
-    replicate's KL) and "replicates" (R).
+    replicate's KL), "replicates" (R) and "jackknife_unstable" (the correction fell below 0:
+    "kl" is then the pooled KL, and the result is not resolved).
     """
     if mixture.D not in (1, 2):
         raise ValueError(f"the grid route works in 1-D and 2-D only; the mixture has D={mixture.D} "
@@ -211,12 +215,17 @@ def grid_global_error(mixture: GaussianMixture, kernel: ReverseKernel,
         # Random latent draws: the node-rule error is judged against the statistical error of
         # the jackknife (the estimate itself is inflated by the draws' noise: on a 4-step
         # SMD-energy model it fell 1.9e-2, 2.1e-3, 7.8e-4, 4.9e-5 at L = 8, 16, 32, 64).
-        allowed = max(tol, LATENT_ALIAS_SHARE * res["kl_se"]) if "kl_se" in res else tol
-        res["resolved"] = res["grid_error"] <= allowed and not gained
+        allowed = max(tol, min(LATENT_ALIAS_SHARE * res["kl_se"], LATENT_ALIAS_MAX)) \
+            if "kl_se" in res else tol
+        res["resolved"] = res["grid_error"] <= allowed and not gained and \
+            not res.get("jackknife_unstable", False)
         if res["resolved"]:
             break
         why = (f"the node rule gained mass (mass_lost {res['mass_lost']:.2e}, p's mass on q's "
                f"box {res['p_mass_in_box']:.8f})" if gained else
+               f"the {res['replicates']} pushes with fresh latent draws disagree too much for the "
+               f"jackknife (KLs {min(res['kl_replicates']):.3g} to {max(res['kl_replicates']):.3g};"
+               " the pooled KL is returned)" if res.get("jackknife_unstable") else
                f"estimated node-rule error {res['grid_error']:.1e} > tol={tol:g} (neighbouring "
                f"nodes push kernel means up to {res['resolution']:.2f} kernel sds apart)")
         need = 2 * n
@@ -278,8 +287,13 @@ def _replicated_push(mixture, kernel, pairs, n, n_latent, generator, width, prun
     k_loo = np.array([kl((total - d) / (R - 1)) for d in dens])
     k_j = R * k_all - (R - 1) * k_loo.mean()
     se = math.sqrt((R - 1) / R * ((k_loo - k_loo.mean()) ** 2).sum())
+    # Replicates that disagree wildly (a chain that loses its mass in some pushes) can drive the
+    # correction below 0: the jackknife is then noise, and the pooled KL (biased high) is kept,
+    # flagged unstable (never resolved).
+    unstable = not (math.isfinite(k_j) and k_j >= 0)
     out = dict(res)
-    out.update(kl=max(k_j, 0.0), kl_raw=k_j, kl_se=se, kl_pooled=k_all, replicates=R,
+    out.update(kl=max(k_all if unstable else k_j, 0.0), kl_raw=k_j, kl_se=se, kl_pooled=k_all,
+               jackknife_unstable=unstable, replicates=R,
                kl_replicates=[r["kl_raw"] for r in runs], density=total / R,
                mass_lost=max(r["mass_lost"] for r in runs),
                p_mass_in_box=float(np.mean([r["p_mass_in_box"] for r in runs])),

@@ -204,3 +204,43 @@ class MixtureConstructionKernel(_MixtureOracle):
             xi = torch.einsum("nlij,nlj->nli", post.eigvecs[k], xi)
         means = torch.gather(post.means, 1, k[..., None].expand(N, L, D)) + xi
         return LatentMixture(means, var)
+
+
+class SplicedKernel(ReverseKernel):
+    """``base`` on every jump of its chain except those in ``jumps``, where ``other`` steps.
+
+    A tool for attributing a chain's global error to its jumps: splice the exact kernel into a
+    learned chain on one jump (what fixing that jump would gain), or a learned kernel into the
+    exact chain (that jump's error alone).  ``jumps``: (t, s) pairs of root steps; both kernels
+    must share the chain (``base.schedule``'s kept steps) and the data dimension.  The spliced
+    kernel samples and reports its final-jump variance through whichever kernel takes the jump;
+    it has no single clean-point prediction (``can_denoise`` False).
+    """
+
+    def __init__(self, base: ReverseKernel, other: ReverseKernel, jumps):
+        jumps = {(int(t), int(s)) for t, s in jumps}
+        if base.dim != other.dim:
+            raise ValueError(f"spliced kernels must share the data dimension; got {base.dim} "
+                             f"and {other.dim}")
+        for t, s in jumps:           # both kernels must know every replaced jump
+            base.jump(t, s)
+            other.jump(t, s)
+        self.base, self.other, self.jumps = base, other, jumps
+        self.schedule, self.dim = base.schedule, base.dim
+        self.name = f"{base.name} with {other.name} on {sorted(jumps, reverse=True)}"
+        self.is_gaussian = base.is_gaussian and other.is_gaussian
+
+    def _at(self, t: int, s: int) -> ReverseKernel:
+        return self.other if (int(t), int(s)) in self.jumps else self.base
+
+    def distribution(self, x_t, t, s, generator=None, n_latent=None):
+        return self._at(t, s).distribution(x_t, t, s, generator=generator, n_latent=n_latent)
+
+    def step(self, x_t, t, s, generator=None, x0_hook=None):
+        return self._at(t, s).step(x_t, t, s, generator=generator, x0_hook=x0_hook)
+
+    def sample(self, x_t, t, s, generator=None):
+        return self._at(t, s).sample(x_t, t, s, generator=generator)
+
+    def final_jump_variance(self, t: int) -> float:
+        return self._at(t, 0).final_jump_variance(t)

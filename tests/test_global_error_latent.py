@@ -114,3 +114,29 @@ def test_a_scored_latent_row_carries_the_jackknife_standard_error():
     assert row["kl_se"] > 0 and abs(row["kl"] - ref) < 4 * row["kl_se"] + 1e-4
     row, _ = score(TWO, k, CHAIN, ToyEval(n_eval=200, n_grid=256, n_latent=2), seed=3)
     assert "kl_se" not in row and row["kl"] == pytest.approx(ref, rel=1e-6)
+
+
+
+def test_a_jackknife_driven_below_zero_returns_the_pooled_kl_unresolved(monkeypatch):
+    """Pushes that gain mass in some replicates (a chain that falls apart) can drive the
+    correction below 0; the route then keeps the pooled KL and does not call it resolved."""
+    import numpy as np
+
+    import smdlab.global_error as ge
+
+    q = np.exp(-0.5 * np.linspace(-3, 3, 64) ** 2)
+    scales = iter([3.0] + [1.0] * 7)         # one replicate with three times the mass
+
+    def fake_push(*args, **kw):
+        c = next(scales)
+        return {"density": c * q, "q_density": q, "kl_raw": -math.log(c), "kl": 0.0,
+                "mass_lost": 0.0, "p_mass_in_box": 1.0, "mass_pruned": 0.0, "grid_error": 0.0,
+                "resolution": 0.0, "work": 1.0, "random_latent": True, "n_grid": 64, "steps": 4}
+
+    k = BestGaussianKernel(TWO, SCHED, "beta")
+    monkeypatch.setattr(ge, "_grid_push", fake_push)
+    with pytest.warns(RuntimeWarning, match="disagree too much"):
+        r = ge.grid_global_error(TWO, k, CHAIN, n_grid=64, refine=False)
+    assert r["jackknife_unstable"] and not r["resolved"]
+    assert r["kl_raw"] < 0 and r["kl_pooled"] == pytest.approx(-math.log(10 / 8))
+    assert r["kl"] == 0.0                     # a KL is never negative: the pooled one, floored
