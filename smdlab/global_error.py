@@ -92,6 +92,7 @@ def _step_aliasing(dist, keep: torch.Tensor, mass: torch.Tensor, n: int, D: int,
     ~ 2 exp(-2 pi^2 / r^2).  Weighting by the nodes' masses gives the error of the step.  Random
     latent draws: the same for the draws' mean map and the mixture's width (the kernel sd and the
     draws' spread); weighted latent mixtures: r is the spacing over the narrowest component sd."""
+    noise = None        # random latent draws: the variance of each node's draws' mean
     if isinstance(dist, Gaussian):
         mus = [dist.mean()]
         var = dist.variance if dist.isotropic else torch.linalg.eigvalsh(dist.covariance)[:, 0]
@@ -120,8 +121,7 @@ def _step_aliasing(dist, keep: torch.Tensor, mass: torch.Tensor, n: int, D: int,
     err, worst = 0.0, 0.0
     shape = (n,) * D
     m_full = mass.reshape(shape)
-    noise = noise if isinstance(dist, LatentMixture) else [None] * len(mus)
-    for mu, sd, nv in zip(mus, sds, noise):
+    for mu, sd, nv in zip(mus, sds, noise or [None] * len(mus)):
         full_mu = torch.full((n ** D, D), math.nan, dtype=torch.float64)
         full_sd = torch.full((n ** D,), math.nan, dtype=torch.float64)
         full_mu[keep], full_sd[keep] = mu.to(torch.float64), sd.to(torch.float64)
