@@ -96,6 +96,21 @@ def test_tail_draws_of_negligible_mass_do_not_stretch_the_grid():
     assert not whole["resolved"] and not (abs(whole["kl"] - ref) < 0.1)
 
 
+@pytest.mark.parametrize("far_from", [2.5, 3.0])
+def test_tail_draws_above_the_trim_are_dropped_at_the_box_cap_and_counted_as_lost(far_from):
+    """Tail draws carrying more mass than the trim (1.2% and 0.3% of N(0, 1) lie beyond 2.5
+    and 3) would stretch the box to 1e4; the cap keeps it within BOX_CAP times the marginal's
+    box, the mass beyond is lost, and the KL of the rest is the upper bound it must be: about
+    the reference plus -log(1 - mass lost), finite, never below the reference."""
+    k, ref = _ref()
+    with pytest.warns(RuntimeWarning, match="too coarse"):   # the node rule sees the far draws
+        r = grid_global_error(TWO, Jitter(k, far_from=far_from), CHAIN, n_grid=256, n_latent=4,
+                              refine=False, generator=torch.Generator().manual_seed(0))
+    assert 1e-3 < r["mass_lost"] < 0.1
+    assert math.isfinite(r["kl"]) and r["kl"] >= ref - 4 * r["kl_se"]
+    assert r["kl"] <= ref - math.log(1 - r["mass_lost"]) + 0.05 + 4 * r["kl_se"]
+
+
 def test_two_grid_kls_agree_within_the_tolerance_and_their_standard_errors():
     from smdlab.experiments.toy_eval import grids_agree
 

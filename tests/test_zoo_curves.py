@@ -124,3 +124,52 @@ def test_a_chain_specific_entry_changes_only_that_chain():
     assert model_key(plain, "mixture", 4, 0) != model_key(zoo, "mixture", 4, 0)
     order = dataclasses.replace(zoo, kind_steps=("mixture@4=0.5", "mixture=2"))
     assert order.steps_for("mixture", 4) == 6 and order.steps_for("mixture", 10) == 24
+
+
+def test_scores_planned_for_the_workers_equal_scores_computed_here(tmp_path):
+    """The zoo's workers score each model as planned and store the scores beside it; what the
+    experiments then read equals a fresh computation in this process, a corrupt stored score is
+    recomputed (with a warning), and a change of the estimator's settings never reuses one."""
+    import warnings
+
+    from smdlab import global_error
+    from smdlab.experiments import Outputs
+    from smdlab.experiments import toy_eval as te
+    from smdlab.experiments.toy_config import ToyEval
+    from smdlab.experiments.toy_zoo import clear_memory_cache, toy_zoo
+
+    zoo = dataclasses.replace(_zoo(2), workers=2)
+    sizes = ToyEval(n_eval=40, n_snapshot=10, n_grid=16, n_latent=1)
+    plan = {("smd-energy", 4, 0): [("eval", 4, sizes, True)],
+            ("ddpm", 200, 0): [("eval", 200, sizes, False), ("eval", 4, sizes, True)]}
+    clear_memory_cache()
+    te._EVAL.clear()
+    models = toy_zoo(zoo, Outputs(tmp_path), 0, plan=plan)
+    stored = sorted(p.name for p in (tmp_path / "results" / "models").glob("*/evals/*.pt"))
+    assert len(stored) == 3
+    seen = {}
+    for (kind, S, i), reqs in plan.items():
+        tm = models[kind, S, i]
+        for _, Sf, sz, grid in reqs:
+            got, x = te.evaluate(tm, zoo, Sf, sz, grid=grid)           # read from the folder
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)
+                fresh, y = te.score(zoo.target.mixture(), tm.kernel, zoo.chain(Sf), sz,
+                                    te.sample_seed(tm, Sf), grid)
+            assert got == fresh and torch.equal(x, y)
+            seen[kind, Sf] = got
+    tm = models["smd-energy", 4, 0]
+    path = next((tm.run_dir / "evals").glob("eval-*.pt"))
+    path.write_bytes(path.read_bytes()[:-10])                         # a truncated file
+    te._EVAL.clear()
+    with pytest.warns(RuntimeWarning, match="unreadable"):
+        again, _ = te.evaluate(tm, zoo, 4, sizes, grid=True)
+    assert again == seen["smd-energy", 4]           # the same seeds: the same score again
+    before = te._disk_path(tm, "eval", ("k",))
+    try:
+        global_error.BOX_CAP += 1.0
+        assert te._disk_path(tm, "eval", ("k",)) != before
+    finally:
+        global_error.BOX_CAP -= 1.0
+    clear_memory_cache()
+    te._EVAL.clear()

@@ -37,7 +37,7 @@ from .toy_eval import (
     references,
     references_iw,
 )
-from .toy_zoo import matched_hidden, primary_metric, toy_zoo
+from .toy_zoo import matched_hidden, members, primary_metric, toy_zoo
 
 __all__ = ["ToyConfig", "run"]
 
@@ -52,6 +52,21 @@ def _scatter(ax, x, mix, title):
     ax.set_aspect("equal")
     ax.set_title(title, fontsize=7)
     ax.tick_params(labelsize=6)
+
+
+def evaluation_plan(cfg: ToyConfig) -> dict:
+    """{(kind, S, seed index): requests}: the zoo evaluations :func:`run` asks for, in the form
+    of :func:`.toy_eval.run_plan` (the zoo's workers compute them; ``run`` then reads them)."""
+    zc, sizes = cfg.zoo, cfg.eval
+    few = [S for S in zc.chains if S < zc.T]
+    iw = iw_sizes(sizes)
+    plan = {}
+    for kind, S, i in members(zc):
+        plan[kind, S, i] = [("eval", Sf, sizes, Sf < zc.T)
+                            for Sf in [S] + (few if S == zc.T else [])]
+        if i == 0 and S >= iw.min_steps:
+            plan[kind, S, i].append(("iw", S, iw))
+    return plan
 
 
 @register("e6", "Toy reproduction: 7x7 grid, DDPM vs SMD (three objectives), few-step chains",

@@ -22,10 +22,8 @@ side, is in E7, which has the local errors against the Gaussian floor.)
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import time
-import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -38,13 +36,12 @@ from .toy_eval import (
     evaluate,
     evaluate_iw,
     fmt,
-    grids_agree,
     iw_sizes,
     mean_spread,
     references,
     references_iw,
 )
-from .toy_zoo import toy_zoo
+from .toy_zoo import members, toy_zoo
 
 
 @dataclass
@@ -52,18 +49,40 @@ class FewStepConfig:
     """E8: the shared toy models (``zoo``, ``eval``: the same values as E6's) plus the sweep of
     sampling steps (the full chain is always added; the KL: the grid route for S <= 100,
     :func:`smdlab.experiments.toy_eval.evaluate`, the IW upper bound on the full chain,
-    :func:`~smdlab.experiments.toy_eval.evaluate_iw`); check_max_steps: an unresolved grid KL on
-    a chain of at most that many steps is cross-checked on a finer grid (:func:`_grid_check`)."""
+    :func:`~smdlab.experiments.toy_eval.evaluate_iw`).  An unresolved grid KL of a chain of at most
+    :data:`~smdlab.experiments.toy_eval.CHECK_MAX_STEPS` steps is cross-checked on a finer grid
+    for every seed, in :func:`~smdlab.experiments.toy_eval.score`."""
 
     seed: int = 0
     zoo: ToyZoo = field(default_factory=ToyZoo)
     eval: ToyEval = field(default_factory=ToyEval)
     sweep: tuple[int, ...] = (2, 4, 10, 25, 100)
-    check_max_steps: int = 10
 
     @classmethod
     def quick(cls) -> FewStepConfig:
         return cls(zoo=ToyZoo.quick(), eval=ToyEval.quick(), sweep=(2, 4))
+
+
+def _sweep(cfg: FewStepConfig) -> list[int]:
+    """Every number of sampling steps E8 scores: the sweep, the zoo's short chains, the full one."""
+    zc = cfg.zoo
+    sweep = sorted(set(cfg.sweep) | {S for S in zc.chains if S < zc.T})
+    return sweep + ([zc.T] if zc.T in zc.chains else [])
+
+
+def evaluation_plan(cfg: FewStepConfig) -> dict:
+    """{(kind, S, seed index): requests}: the zoo evaluations :func:`run` asks for, in the form
+    of :func:`.toy_eval.run_plan` (the zoo's workers compute them; ``run`` then reads them)."""
+    zc, sizes = cfg.zoo, cfg.eval
+    all_S, iw = _sweep(cfg), iw_sizes(sizes)
+    plan = {}
+    for kind, S, i in members(zc):
+        if S == zc.T:
+            plan[kind, S, i] = [("eval", s, sizes, s <= 100) for s in all_S] + \
+                [("iw", s, iw) for s in all_S if s >= iw.min_steps]
+        else:
+            plan[kind, S, i] = [("eval", S, sizes, True)]
+    return plan
 
 
 @register("e8", "Few-step sweep: global error and sample metrics vs sampling steps, with the "
@@ -72,8 +91,7 @@ def run(cfg: FewStepConfig, out: Outputs) -> ExperimentResult:
     t0 = time.perf_counter()
     zc, sizes = cfg.zoo, cfg.eval
     zoo = toy_zoo(zc, out, cfg.seed)
-    sweep = sorted(set(cfg.sweep) | {S for S in zc.chains if S < zc.T})
-    all_S = sweep + ([zc.T] if zc.T in zc.chains else [])
+    all_S = _sweep(cfg)
     refs = references(zc, sizes, all_S)
     metrics = ("kl", "in_mode_share", "mmd")
     iw = iw_sizes(sizes)
@@ -96,8 +114,6 @@ def run(cfg: FewStepConfig, out: Outputs) -> ExperimentResult:
             for S in all_S:
                 respaced[kind][S] = _aggregate([row(zoo[kind, zc.T, sd], S) for sd in seeds],
                                                metrics)
-                if S <= cfg.check_max_steps and kind in DDPM_AND_SMD:
-                    _grid_check(respaced[kind][S], zoo[kind, zc.T, 0], zc, S, sizes)
     own = {}            # kind -> S -> the same, for the models trained on that chain
     for kind in zc.kinds:
         own[kind] = {}
@@ -107,8 +123,6 @@ def run(cfg: FewStepConfig, out: Outputs) -> ExperimentResult:
             seeds = sorted(sd for (k, s_, sd) in zoo if k == kind and s_ == S)
             own[kind][S] = _aggregate([evaluate(zoo[kind, S, sd], zc, S, sizes, grid=True)[0]
                                        for sd in seeds], metrics)
-            if S <= cfg.check_max_steps and kind in DDPM_AND_SMD:
-                _grid_check(own[kind][S], zoo[kind, S, 0], zc, S, sizes)
     trend = c5_trend(respaced, own, all_S, zc.kinds)
     data = {"sweep": all_S, "references": refs, "respaced": respaced, "own_chain": own,
             "trend": trend, "seconds": time.perf_counter() - t0}
@@ -132,27 +146,8 @@ def _aggregate(rows: list[dict], metrics) -> dict:
     if "kl" in out:
         out["kl_method"] = rows[0].get("kl_method", "grid")
         out["kl_resolved"] = all(bool(r.get("kl_resolved", True)) for r in rows)
+        out["kl_checked"] = any(bool(r.get("kl_checked")) for r in rows)   # by the finer grid
     return out
-
-
-def _grid_check(agg: dict, tm, zc, S: int, sizes: ToyEval) -> None:
-    """When the grid route flagged its KL unresolved (its node-rule error estimate is
-    conservative: it bounds the aliasing from the spread of neighbouring nodes' kernel means),
-    recompute seed 0's KL on a grid 1.5 times as fine per axis; if the two agree within 5% (and
-    0.02 nats) plus twice their combined s.e. (:func:`~.toy_eval.grids_agree`), the entry
-    counts as resolved by that check (``kl_checked``); else it stays
-    unresolved and the verdicts leave it out."""
-    if "kl" not in agg or agg.get("kl_resolved", True):
-        return
-    fine = dataclasses.replace(sizes, n_grid=int(1.5 * sizes.n_grid))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
-        ra = evaluate(tm, zc, S, sizes, grid=True)[0]
-        rb = evaluate(tm, zc, S, fine, grid=True)[0]
-    a, b = ra["kl"], rb["kl"]
-    agg["kl_check"] = {"n_grid": [sizes.n_grid, fine.n_grid], "kl": [a, b]}
-    if grids_agree(a, b, ra.get("kl_se", 0.0), rb.get("kl_se", 0.0)):
-        agg["kl_resolved"], agg["kl_checked"] = True, True
 
 
 def _gap(d: dict, m: dict) -> dict | None:

@@ -68,11 +68,32 @@ def reset_random_state(seed: int = 0) -> None:
     torch.manual_seed(seed)
 
 
+def evaluation_plans(names, cfgs: dict) -> dict:
+    """{(repr(zoo), seed): {(kind, S, seed index): requests}}: the zoo evaluations the chosen
+    experiments will ask for (those with an ``evaluation_plan``: E6, E8), merged per zoo."""
+    from . import e6_toy, e8_few_steps
+
+    planners = {"e6": e6_toy.evaluation_plan, "e8": e8_few_steps.evaluation_plan}
+    plans: dict = {}
+    for name in names:
+        if name not in planners:
+            continue
+        cfg = cfgs[name]
+        merged = plans.setdefault((repr(cfg.zoo), getattr(cfg, "seed", 0)), {})
+        for member, reqs in planners[name](cfg).items():
+            have = merged.setdefault(member, [])
+            have.extend(r for r in reqs if r not in have)
+    return plans
+
+
 def prepare_shared(names, cfgs: dict, out: Outputs) -> None:
-    """Train (or reload) the toy models that the chosen experiments share, once, here."""
+    """Train (or reload) the toy models that the chosen experiments share, once, and compute the
+    evaluations E6 and E8 will ask for (:func:`evaluation_plans`), by the zoo's worker
+    processes; the experiments then read both from the models' folders."""
     from .toy_config import ToyZoo
     from .toy_zoo import toy_zoo
 
+    plans = evaluation_plans(names, cfgs)
     done = []
     for name in names:
         cfg = cfgs[name]
@@ -82,7 +103,7 @@ def prepare_shared(names, cfgs: dict, out: Outputs) -> None:
         key = (repr(zoo), getattr(cfg, "seed", 0))
         if key not in done:
             done.append(key)
-            toy_zoo(zoo, out, getattr(cfg, "seed", 0))
+            toy_zoo(zoo, out, getattr(cfg, "seed", 0), plan=plans.get(key))
 
 
 def run_one(name: str, cfg, out: Outputs):

@@ -153,7 +153,9 @@ class ToyZoo:
     seed 1: 3.35 -> 3.59); at 2000 steps multisample seed 0 reads 2.32, 2.29, 2.23 and jensen
     seed 1 4.51, 4.50, 4.61 (still creeping up toward the 5.92 of the oracle DDPM with SMD's
     variance), both converged by the rule.  Multisample on the 1000-step chain keeps 800 steps:
-    it does not learn there with any recipe tried (issue 10).
+    it does not learn there with any recipe tried (issue 10).  The matched DDPM on the 1000-step
+    chain gets 1.5 (1200 steps): at 800 its seed-2 in-mode share still rose over the last three
+    evaluations (0.895, 0.935, 0.965; oracle 0.999) and failed the rule.
 
     Why this curve grid (issue 10, measured on a 2000-step SMD-energy model, 4 steps, three
     latent seeds each): 32^2 nodes with 4 draws (the old curve) and 64^2 with 8 (E6's
@@ -185,7 +187,8 @@ class ToyZoo:
     curve_kl_last: int = 3
     workers: int = 2
     kind_steps: tuple[str, ...] = ("smd-energy=2.5", "mixture=7.5", "smd-jensen=2.5",
-                                   "smd-multisample@4=2.5", "smd-multisample@10=2.5")
+                                   "smd-multisample@4=2.5", "smd-multisample@10=2.5",
+                                   "ddpm-matched@1000=1.5")
 
     def __post_init__(self):
         if self.n_evals < 0 or self.curve_samples < 1 or self.curve_grid < 8 or \

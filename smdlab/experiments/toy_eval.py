@@ -4,6 +4,14 @@ Evaluations are memoised by content: a trained model's key (:func:`toy_zoo.model
 its latent is frozen, the chain's steps, the evaluation sizes, the sample seed and the target.  The
 sample seed is a function of what is evaluated (:func:`sample_seed`), so E6 and E8 score the same
 draws of the same model without having to agree on numbers.
+
+A model's evaluations are also kept on disk beside its checkpoint (``<run_dir>/evals/``, in the
+checksummed envelope of :mod:`smdlab.checkpoints`), keyed by the same content plus
+:func:`estimator_fingerprint` (:data:`EVAL_VERSION` and the grid route's constants), so that the
+worker processes that train the zoo can score each model right after training it
+(:func:`run_plan`, planned by the experiments that will ask, :func:`.e6_toy.evaluation_plan` and
+:func:`.e8_few_steps.evaluation_plan`) and E6 and E8 then read the scores; a change of the
+estimator's settings (or of EVAL_VERSION, bumped with its code) never reuses an older score.
 """
 
 from __future__ import annotations
@@ -11,6 +19,7 @@ from __future__ import annotations
 import math
 import warnings
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -83,8 +92,8 @@ def score(mix, kernel, chain: NoiseSchedule, sizes: ToyEval, seed: int, grid: bo
         row["kl_resolved"] = bool(res.get("resolved", True))
         if "kl_se" in res:                      # random latent draws: the jackknife's s.e.
             row["kl_se"] = float(res["kl_se"])
-            if not row["kl_resolved"] and chain.T <= CHECK_MAX_STEPS:
-                _finer_grid_check(row, mix, kernel, chain, sizes, seed)
+        if not row["kl_resolved"] and chain.T <= CHECK_MAX_STEPS:
+            _finer_grid_check(row, mix, kernel, chain, sizes, seed)
         if not math.isfinite(row["kl"]):
             row["kl"] = math.inf
     return row, samples
@@ -102,36 +111,95 @@ def grids_agree(a: float, b: float, se_a: float = 0.0, se_b: float = 0.0) -> boo
 
 
 def _finer_grid_check(row: dict, mix, kernel, chain, sizes: ToyEval, seed: int) -> None:
-    """The node-rule estimate of random latent draws stays inflated by the draws' noise (it
-    reads the draws' mean map), so an unresolved KL is recomputed on a grid 1.5 times as fine
-    per axis with fresh draws; when the two agree (:func:`grids_agree`) the row counts as
-    resolved by that check (``kl_checked``: both grids and KLs)."""
+    """An unresolved KL of a short chain is recomputed on a grid 1.5 times as fine per axis (with
+    fresh draws for latent kernels); when the two agree (:func:`grids_agree`) the row counts as
+    resolved by that check (``kl_checked``: both grids and KLs).  The node-rule estimate is
+    conservative (it bounds the aliasing from the spread of neighbouring nodes' kernel means)
+    and, for random latent draws, stays inflated by the draws' noise (it reads the draws' mean
+    map); agreement between two grids is the direct test.  Every seed's row is checked (E8's
+    seed-0 check on a 96^2 grid, which nested a second check at 144^2, was folded in here)."""
     fine = int(1.5 * sizes.n_grid)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         res = grid_global_error(mix, kernel, chain, n_grid=fine, n_latent=sizes.n_latent,
                                 generator=torch.Generator().manual_seed(seed + 2), refine=False)
     b, se_b = float(res["kl"]), float(res.get("kl_se", 0.0))
-    row["kl_check"] = {"n_grid": [sizes.n_grid, fine], "kl": [row["kl"], b],
-                       "kl_se": [row["kl_se"], se_b]}
-    if grids_agree(row["kl"], b, row["kl_se"], se_b):
+    se_a = row.get("kl_se", 0.0)
+    row["kl_check"] = {"n_grid": [sizes.n_grid, fine], "kl": [row["kl"], b], "kl_se": [se_a, se_b]}
+    if grids_agree(row["kl"], b, se_a, se_b):
         row["kl_resolved"], row["kl_checked"] = True, True
 
 
 _EVAL: dict = {}
 
+#: The version of what a scored evaluation computes: bump it with any change to the scoring or
+#: estimator code, so that scores cached on disk by an older version are recomputed.
+EVAL_VERSION = 1
+
+
+def estimator_fingerprint() -> str:
+    """A hash of EVAL_VERSION and the settings of the grid route and of the finer-grid check:
+    part of every cached score's key."""
+    import hashlib
+    import json
+
+    from .. import global_error as ge
+
+    names = ("GRID_TOL", "MAX_GRID", "WORK_BUDGET", "REFINE_WORK_FACTOR", "BOX_TRIM", "BOX_CAP",
+             "LATENT_REPLICATES", "LATENT_ALIAS_SHARE", "LATENT_ALIAS_MAX")
+    d = {"version": EVAL_VERSION, "check_max_steps": CHECK_MAX_STEPS,
+         **{n: getattr(ge, n) for n in names}}
+    return hashlib.sha1(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:10]
+
+
+def _disk_path(model: TrainedModel, tag: str, key: tuple):
+    import hashlib
+
+    if model.run_dir is None:
+        return None
+    h = hashlib.sha1(f"{key!r}|{estimator_fingerprint()}".encode()).hexdigest()[:16]
+    return Path(model.run_dir) / "evals" / f"{tag}-{h}.pt"
+
+
+def _stored(model: TrainedModel, tag: str, key: tuple, compute):
+    """compute() of one evaluation of ``model``, read from its run folder when an earlier call (in
+    this process or another) stored it under the same key, else computed and stored (atomically).
+    A stored file that fails its checksum, or holds another key, is recomputed and replaced."""
+    from ..checkpoints import CheckpointError, load_checkpoint, save_checkpoint
+
+    path = _disk_path(model, tag, key)
+    if path is not None and path.exists():
+        try:
+            got = load_checkpoint(path)
+            if got["config"].get("evaluation") == repr(key) and \
+                    got["config"].get("estimator") == estimator_fingerprint():
+                return got["config"]["value"], got["model"].get("samples")
+        except (CheckpointError, KeyError, AttributeError) as e:
+            warnings.warn(f"cached score {path} is unreadable ({e}); recomputing it",
+                          RuntimeWarning, stacklevel=3)
+    value, samples = compute()
+    if path is not None:
+        save_checkpoint(path, {"step": 0, "model": {"samples": samples},
+                               "config": {"evaluation": repr(key), "value": value,
+                                          "estimator": estimator_fingerprint()}})
+    return value, samples
+
 
 def evaluate(model: TrainedModel, zoo: ToyZoo, sample_S: int, sizes: ToyEval,
              grid: bool = True, frozen: bool = False) -> tuple[dict, torch.Tensor]:
     """(metrics, samples) of a trained model sampled on the ``sample_S``-step chain (its own
-    chain or a respacing of the root), memoised by content for this process."""
+    chain or a respacing of the root), memoised by content for this process and on disk
+    (:func:`_stored`)."""
     chain = zoo.chain(sample_S)
     seed = sample_seed(model, sample_S)
     key = (model.key, frozen, tuple(chain.original_steps.tolist()), sizes, seed, grid,
            repr(zoo.target))
     if key not in _EVAL:
-        kernel = model.kernel.with_frozen_eta() if frozen else model.kernel
-        _EVAL[key] = score(zoo.target.mixture(), kernel, chain, sizes, seed, grid)
+        def compute():
+            kernel = model.kernel.with_frozen_eta() if frozen else model.kernel
+            return score(zoo.target.mixture(), kernel, chain, sizes, seed, grid)
+
+        _EVAL[key] = _stored(model, "eval", key, compute)
     row, samples = _EVAL[key]
     return dict(row), samples
 
@@ -243,8 +311,24 @@ def evaluate_iw(model: TrainedModel, zoo: ToyZoo, sample_S: int, iw: IWSizes) ->
     chain = zoo.chain(sample_S)
     key = (model.key, tuple(chain.original_steps.tolist()), iw, repr(zoo.target))
     if key not in _IW:
-        _IW[key] = iw_score(zoo.target.mixture(), model.kernel, chain, iw, 300 + model.seed)
+        _IW[key] = _stored(model, "iw", key, lambda: (
+            iw_score(zoo.target.mixture(), model.kernel, chain, iw, 300 + model.seed), None))[0]
     return dict(_IW[key])
+
+
+def run_plan(model: TrainedModel, zoo: ToyZoo, requests) -> None:
+    """Compute (and store, :func:`_stored`) the planned evaluations of one model: ``requests``
+    are ``("eval", sample_S, ToyEval, grid)`` and ``("iw", sample_S, IWSizes)`` tuples, as the
+    experiments' ``evaluation_plan`` functions list them."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)     # flagged in the rows, reported there
+        for req in requests:
+            if req[0] == "eval":
+                evaluate(model, zoo, req[1], req[2], grid=req[3])
+            elif req[0] == "iw":
+                evaluate_iw(model, zoo, req[1], req[2])
+            else:
+                raise ValueError(f"unknown evaluation request {req!r}")
 
 
 def references_iw(zoo: ToyZoo, iw: IWSizes, S_list) -> dict:

@@ -355,20 +355,33 @@ def clear_memory_cache() -> None:
     _MEMORY.clear()
 
 
-def toy_zoo(zoo: ToyZoo, out: Outputs, seed: int = 0) -> dict:
+def members(zoo: ToyZoo) -> list[tuple[str, int, int]]:
+    """The models of ``zoo``: [(kind, S, seed index)], in the zoo's order."""
+    return [(kind, S, i) for S in zoo.chains
+            for i in (range(zoo.n_seeds) if S in zoo.seed_chains else range(1))
+            for kind in zoo.kinds]
+
+
+def toy_zoo(zoo: ToyZoo, out: Outputs, seed: int = 0, plan: dict | None = None) -> dict:
     """Every model of ``zoo`` with base seed ``seed``: {(kind, S, seed_index): TrainedModel},
-    trained once and cached (in memory for this process, on disk under results/models/)."""
+    trained once and cached (in memory for this process, on disk under results/models/).
+
+    plan: {(kind, S, seed index): evaluation requests} (:func:`.toy_eval.run_plan`): with
+    ``zoo.workers > 1`` each worker scores its model right after training (or reloading) it, so
+    that the experiments that ask for those evaluations later read them from the model's folder;
+    the models without pending training or scores are not sent to a worker."""
     models_dir = out.results / "models"
-    wanted = [(kind, S, i) for S in zoo.chains
-              for i in (range(zoo.n_seeds) if S in zoo.seed_chains else range(1))
-              for kind in zoo.kinds]
+    wanted = members(zoo)
+    plan = plan or {}
     todo = [(k, S, i) for k, S, i in wanted
-            if (str(models_dir), model_key(zoo, k, S, seed + i)) not in _MEMORY]
+            if (str(models_dir), model_key(zoo, k, S, seed + i)) not in _MEMORY
+            or plan.get((k, S, i))]
     in_workers = set()
     if zoo.workers > 1 and len(todo) > 1:
         done = train_parallel(zoo, [(k, S, seed + i) for k, S, i in todo], models_dir,
-                              zoo.workers)
-        in_workers = {(k, S, s) for k, S, s, _ in done}
+                              zoo.workers, {(k, S, seed + i): plan.get((k, S, i), [])
+                                            for k, S, i in todo})
+        in_workers = {(k, S, s) for k, S, s, trained in done if trained}
     found = {}
     for kind, S, i in wanted:
         mkey = (str(models_dir), model_key(zoo, kind, S, seed + i))
@@ -395,9 +408,13 @@ def _worker_init():
 
 
 def _train_in_worker(args):
-    zoo, kind, S, seed, models_dir = args
+    zoo, kind, S, seed, models_dir, requests = args
     tm = train_one(zoo, kind, S, seed, Path(models_dir))
-    return kind, S, seed, tm.seconds
+    if requests:
+        from .toy_eval import run_plan
+
+        run_plan(tm, zoo, requests)
+    return kind, S, seed, not tm.cached
 
 
 # Relative cost per step of each kind (measured, issue 10): the slowest models start first so
@@ -406,13 +423,30 @@ _COST = {"ddpm": 1.0, "ddpm-matched": 1.3, "smd-jensen": 1.7, "smd-energy": 2.6,
          "smd-multisample": 4.0, "mixture": 1.6}
 
 
-def train_parallel(zoo: ToyZoo, jobs, models_dir: Path, workers: int) -> list:
+def _job_cost(zoo: ToyZoo, kind: str, S: int, requests) -> float:
+    """A model's expected work in units of a DDPM training step (~6 ms on one thread): training
+    (:data:`_COST`), then its planned scores (measured: a grid KL costs ~3 units per chain step
+    of a Gaussian kernel and ~70 of a random-latent one, R = 8 pushes of 2 draws; samples of the
+    1000-step chain ~700)."""
+    cost = _COST.get(kind, 1.0) * (2.0 if S > 100 else 1.0) * zoo.steps_for(kind, S)
+    for req in requests:
+        if req[0] == "eval":
+            cost += req[1] * (70 if kind.startswith("smd-") else 3) if req[3] else 700
+        else:
+            cost += 400
+    return cost
+
+
+def train_parallel(zoo: ToyZoo, jobs, models_dir: Path, workers: int,
+                   plan: dict | None = None) -> list:
     """Train ``jobs`` [(kind, S, seed)] into ``models_dir`` with ``workers`` spawned processes of
-    one thread each (longest first); returns [(kind, S, seed, seconds)]."""
-    jobs = sorted(jobs, key=lambda j: -_COST.get(j[0], 1.0) * (2.0 if j[1] > 100 else 1.0)
-                  * zoo.steps_for(j[0], j[1]))
+    one thread each (longest first), each then scoring its model as ``plan[(kind, S, seed)]``
+    asks (:func:`.toy_eval.run_plan`); returns [(kind, S, seed, trained now)]."""
+    plan = plan or {}
+    jobs = sorted(jobs, key=lambda j: -_job_cost(zoo, j[0], j[1], plan.get(tuple(j), [])))
     ctx = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(max_workers=workers, mp_context=ctx,
                              initializer=_worker_init) as pool:
         return list(pool.map(_train_in_worker,
-                             [(zoo, k, S, s, str(models_dir)) for k, S, s in jobs]))
+                             [(zoo, k, S, s, str(models_dir), plan.get((k, S, s), []))
+                              for k, S, s in jobs]))
