@@ -96,3 +96,22 @@ def test_paper_toy_figure_reads_the_in_mode_shares(values, status):
     refs = {"oracle_ddpm": {2: {"in_mode_share": 0.4}}, "exact": {2: {"in_mode_share": 0.99}}}
     v = figure2_verdict(_shares(values), {}, refs, [2], 1000)
     assert v.status == status and "oracle DDPM 0.4" in v.evidence
+
+
+def test_series_resting_on_an_unconverged_model_are_left_out_of_the_judgement():
+    """A kind's respaced series goes when its (or DDPM's) 1000-step models failed the rule; an
+    own-chain entry at S when its (or DDPM's) S-step models did; the rest is judged."""
+    from smdlab.experiments.e8_few_steps import judged_series
+
+    g = _gap(_row(5.0), _row(4.0))
+    trend = {"respaced": {"smd-jensen": {4: g}, "smd-energy": {4: g}},
+             "own": {"smd-jensen": {4: g, 10: g}, "smd-energy": {4: g, 10: g}}}
+    respaced = {k: {4: _row(4.0)} for k in ("ddpm", "smd-jensen", "smd-energy")}
+    own = {k: {4: _row(4.0), 10: _row(3.0)} for k in ("ddpm", "smd-jensen", "smd-energy")}
+    bad = {("smd-energy", 1000), ("smd-jensen", 10), ("ddpm", 4)}
+    r, o, t = judged_series(respaced, own, trend, bad, 1000)
+    assert set(r) == {"ddpm", "smd-jensen"}
+    assert t["respaced"] == {"smd-jensen": {4: g}}
+    assert t["own"] == {"smd-jensen": {}, "smd-energy": {10: g}}     # DDPM at S=4 failed
+    assert o["smd-jensen"] == {} and set(o["smd-energy"]) == {10} and set(o["ddpm"]) == {10}
+    assert judged_series(respaced, own, trend, set(), 1000) == (respaced, own, trend)

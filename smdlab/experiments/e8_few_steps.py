@@ -22,6 +22,7 @@ side, is in E7, which has the local errors against the Gaussian floor.)
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from dataclasses import dataclass, field
@@ -47,9 +48,11 @@ from .toy_zoo import members, toy_zoo
 @dataclass
 class FewStepConfig:
     """E8: the shared toy models (``zoo``, ``eval``: the same values as E6's) plus the sweep of
-    sampling steps (the full chain is always added; the KL: the grid route for S <= 100,
-    :func:`smdlab.experiments.toy_eval.evaluate`, the IW upper bound on the full chain,
-    :func:`~smdlab.experiments.toy_eval.evaluate_iw`).  An unresolved grid KL of a chain of at most
+    sampling steps (the full chain is always added; the KL: the grid route for S < iw_from,
+    :func:`smdlab.experiments.toy_eval.evaluate`, the IW upper bound from iw_from steps on,
+    :func:`~smdlab.experiments.toy_eval.evaluate_iw`: a 64^2 grid left every KL of the 25- and
+    100-step chains unresolved, at 40 s a 100-step SMD model, where the IW bound costs 1.5-9 s).
+    An unresolved grid KL of a chain of at most
     :data:`~smdlab.experiments.toy_eval.CHECK_MAX_STEPS` steps is cross-checked on a finer grid
     for every seed, in :func:`~smdlab.experiments.toy_eval.score`."""
 
@@ -57,10 +60,19 @@ class FewStepConfig:
     zoo: ToyZoo = field(default_factory=ToyZoo)
     eval: ToyEval = field(default_factory=ToyEval)
     sweep: tuple[int, ...] = (2, 4, 10, 25, 100)
+    iw_from: int = 25
+    iw_points: int = 64
+    iw_Ks: tuple[int, ...] = (1, 4, 16, 64, 256)
+
+    def __post_init__(self):
+        if self.iw_from < 1 or self.iw_points < 1 or not self.iw_Ks or min(self.iw_Ks) < 1:
+            raise ValueError(f"e8 needs iw_from >= 1, iw_points >= 1 and iw_Ks of positive "
+                             f"sizes; got {self.iw_from}, {self.iw_points}, {self.iw_Ks}")
 
     @classmethod
     def quick(cls) -> FewStepConfig:
-        return cls(zoo=ToyZoo.quick(), eval=ToyEval.quick(), sweep=(2, 4))
+        return cls(zoo=ToyZoo.quick(), eval=ToyEval.quick(), sweep=(2, 4), iw_points=8,
+                   iw_Ks=(1, 4))
 
 
 def _sweep(cfg: FewStepConfig) -> list[int]:
@@ -70,16 +82,28 @@ def _sweep(cfg: FewStepConfig) -> list[int]:
     return sweep + ([zc.T] if zc.T in zc.chains else [])
 
 
+def _iw(cfg: FewStepConfig, S: int):
+    """E8's IW sizes on the S-step chain: from ``cfg.iw_from`` steps to below the full chain
+    ``iw_points`` x_0 and K up to ``max(iw_Ks)`` (measured on the 1000-step models, seed 0, K =
+    16, 32 x_0: every SMD bound still fell by 0.25-2.5 nats from K = 4 to 16 at S = 25 and 100;
+    K = 256, 64 x_0: DDPM, SMD-jensen and SMD-multisample converged by the rule, 1.5-9 s each);
+    on the full chain E6's sizes (:func:`~.toy_eval.iw_sizes`, the same scores)."""
+    if S >= cfg.zoo.T:
+        return iw_sizes(cfg.eval)
+    return dataclasses.replace(iw_sizes(cfg.eval), min_steps=cfg.iw_from,
+                               n_points=cfg.iw_points, Ks=tuple(cfg.iw_Ks))
+
+
 def evaluation_plan(cfg: FewStepConfig) -> dict:
     """{(kind, S, seed index): requests}: the zoo evaluations :func:`run` asks for, in the form
     of :func:`.toy_eval.run_plan` (the zoo's workers compute them; ``run`` then reads them)."""
     zc, sizes = cfg.zoo, cfg.eval
-    all_S, iw = _sweep(cfg), iw_sizes(sizes)
+    all_S = _sweep(cfg)
     plan = {}
     for kind, S, i in members(zc):
         if S == zc.T:
-            plan[kind, S, i] = [("eval", s, sizes, s <= 100) for s in all_S] + \
-                [("iw", s, iw) for s in all_S if s >= iw.min_steps]
+            plan[kind, S, i] = [("eval", s, sizes, s < cfg.iw_from) for s in all_S] + \
+                [("iw", s, _iw(cfg, s)) for s in all_S if s >= cfg.iw_from]
         else:
             plan[kind, S, i] = [("eval", S, sizes, True)]
     return plan
@@ -92,17 +116,18 @@ def run(cfg: FewStepConfig, out: Outputs) -> ExperimentResult:
     zc, sizes = cfg.zoo, cfg.eval
     zoo = toy_zoo(zc, out, cfg.seed)
     all_S = _sweep(cfg)
-    refs = references(zc, sizes, all_S)
+    refs = references(zc, sizes, all_S, grid_below=cfg.iw_from)
     metrics = ("kl", "in_mode_share", "mmd")
-    iw = iw_sizes(sizes)
-    for name, per_S in references_iw(zc, iw, all_S).items():     # long chains: IW bounds
-        for S, r in per_S.items():
-            refs[name][S] = {**refs[name][S], "kl": r["kl"], "kl_method": "IW upper bound"}
+    for S in (S for S in all_S if S >= cfg.iw_from):             # long chains: IW bounds
+        for name, per_S in references_iw(zc, _iw(cfg, S), [S]).items():
+            r = per_S[S]
+            refs[name][S] = {**refs[name][S], "kl": r["kl"], "kl_method": "IW upper bound",
+                             "kl_resolved": r["converged"]}
 
     def row(tm, S):
-        r = evaluate(tm, zc, S, sizes, grid=S <= 100)[0]
-        if S >= iw.min_steps:       # a resolved grid is out of budget: the IW upper bound
-            b = evaluate_iw(tm, zc, S, iw)
+        r = evaluate(tm, zc, S, sizes, grid=S < cfg.iw_from)[0]
+        if S >= cfg.iw_from:        # a resolved grid is out of budget: the IW upper bound
+            b = evaluate_iw(tm, zc, S, _iw(cfg, S))
             r.update(kl=b["kl"], kl_method="IW upper bound", kl_resolved=b["converged"])
         return r
 
@@ -124,14 +149,43 @@ def run(cfg: FewStepConfig, out: Outputs) -> ExperimentResult:
             own[kind][S] = _aggregate([evaluate(zoo[kind, S, sd], zc, S, sizes, grid=True)[0]
                                        for sd in seeds], metrics)
     trend = c5_trend(respaced, own, all_S, zc.kinds)
+    # The verdicts are judged on the series whose models all converged; a series resting on an
+    # unconverged model is left out and named.  A verdict with nothing left to judge is
+    # "unconverged" (with the reading it would have had).
+    bad = {(k, s) for (k, s, _i), tm in zoo.items() if k in DDPM_AND_SMD and not tm.converged}
+    names = unconverged_models(zoo, DDPM_AND_SMD)
+    j_resp, j_own, j_trend = judged_series(respaced, own, trend, bad, zc.T)
     data = {"sweep": all_S, "references": refs, "respaced": respaced, "own_chain": own,
-            "trend": trend, "seconds": time.perf_counter() - t0}
+            "trend": trend, "judged": {"unconverged": names, "trend": j_trend},
+            "seconds": time.perf_counter() - t0}
     json_path = save_result("e8", cfg, data, out)
     figs = [_figure(zc, refs, respaced, own, trend, all_S, out)]
     summary, verdicts, headline = _summary(cfg, refs, respaced, own, all_S, trend)
-    for i, v in enumerate(verdicts):   # a verdict computed from unconverged models is not issued
-        verdicts[i] = gate_on_convergence(v, unconverged_models(zoo, DDPM_AND_SMD))
+    judged = (c5_verdict(j_trend, zc.T), figure2_verdict(j_resp, j_own, refs, all_S, zc.T))
+    for i, v in enumerate(verdicts):
+        w = next((j for j in judged if j is not None and j.claim == v.claim), None)
+        if w is None or not names:
+            verdicts[i] = gate_on_convergence(v, names)
+        else:
+            verdicts[i] = Verdict(w.claim, w.status, w.evidence + "; left out (a model failed "
+                                  f"the convergence rule): {', '.join(names)}", w.figure)
     return ExperimentResult("e8", data, json_path, figs, summary, verdicts, headline)
+
+
+def judged_series(respaced: dict, own: dict, trend: dict, bad: set, T: int):
+    """(respaced, own, trend) without the entries that rest on a model of ``bad`` {(kind, S)}
+    (a kind trained on S with a seed that failed its convergence rule): a respaced series of a
+    kind goes when that kind's or DDPM's T-step models are bad; an own-chain entry at S when
+    the kind's or DDPM's S-step models are."""
+    def ok(kind, S):
+        return (kind, S) not in bad and ("ddpm", S) not in bad
+
+    j_resp = {k: v for k, v in respaced.items() if ok(k, T)}
+    j_own = {k: {S: r for S, r in per.items() if ok(k, S)} for k, per in own.items()}
+    j_trend = {"respaced": {k: g for k, g in trend["respaced"].items() if ok(k, T)},
+               "own": {k: {S: g for S, g in per.items() if ok(k, S)}
+                       for k, per in trend["own"].items()}}
+    return j_resp, j_own, j_trend
 
 
 DDPM_AND_SMD = ("ddpm", "smd-jensen", "smd-multisample", "smd-energy")

@@ -229,20 +229,21 @@ def reference_kernel(name: str, mix, zoo: ToyZoo, chain: NoiseSchedule):
 _REFS: dict = {}
 
 
-def references(zoo: ToyZoo, sizes: ToyEval, S_list) -> dict:
+def references(zoo: ToyZoo, sizes: ToyEval, S_list, grid_below: int = 101) -> dict:
     """Reference chains at each number of steps: {name: {S: metrics}} (memoised by content; the
-    grid KL only for S <= 100)."""
+    grid KL only for S < grid_below, at most 100 steps)."""
     mix = zoo.target.mixture()
     out = {}
     for name in REFERENCES:
         out[name] = {}
         for S in S_list:
             key = (name, repr(zoo.target), zoo.T, S, sizes, zoo.model.parameterization,
-                   zoo.model.final_variance, zoo.model.smd_final_variance)
+                   zoo.model.final_variance, zoo.model.smd_final_variance,
+                   S < min(grid_below, 101))
             if key not in _REFS:
                 chain = zoo.chain(S)
                 _REFS[key] = score(mix, reference_kernel(name, mix, zoo, chain), chain, sizes,
-                                   REFERENCE_SEED, S <= 100)[0]
+                                   REFERENCE_SEED, S < min(grid_below, 101))[0]
             out[name][S] = dict(_REFS[key])
     return out
 
@@ -305,11 +306,16 @@ def iw_score(mix, kernel, chain: NoiseSchedule, iw: IWSizes, seed: int) -> dict:
 _IW: dict = {}
 
 
+def _iw_key(iw: IWSizes) -> tuple:
+    """What an IW score depends on (min_steps only says where it is used)."""
+    return iw.n_points, tuple(iw.Ks), iw.n_latent
+
+
 def evaluate_iw(model: TrainedModel, zoo: ToyZoo, sample_S: int, iw: IWSizes) -> dict:
     """:func:`iw_score` of a trained model on the ``sample_S``-step chain (memoised by content;
     seed ``300 +`` its training seed)."""
     chain = zoo.chain(sample_S)
-    key = (model.key, tuple(chain.original_steps.tolist()), iw, repr(zoo.target))
+    key = (model.key, tuple(chain.original_steps.tolist()), _iw_key(iw), repr(zoo.target))
     if key not in _IW:
         _IW[key] = _stored(model, "iw", key, lambda: (
             iw_score(zoo.target.mixture(), model.kernel, chain, iw, 300 + model.seed), None))[0]
@@ -340,7 +346,7 @@ def references_iw(zoo: ToyZoo, iw: IWSizes, S_list) -> dict:
         for S in S_list:
             if S < iw.min_steps:
                 continue
-            key = (name, repr(zoo.target), zoo.T, S, iw, zoo.model.parameterization,
+            key = (name, repr(zoo.target), zoo.T, S, _iw_key(iw), zoo.model.parameterization,
                    zoo.model.final_variance, zoo.model.smd_final_variance)
             if key not in _IW:
                 chain = zoo.chain(S)
