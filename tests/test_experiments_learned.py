@@ -143,6 +143,10 @@ def test_e6_reports_an_iw_global_kl_for_the_long_chain(quick_runs):
         assert "IW upper bound" in r["method"]
     exact = iw["references"]["exact"][zc.T]
     assert exact["kl"] < 4 * exact["kl_se"] + 1e-3          # only the prior term remains
+    # a row's "converged" is the bound's own rule; the model's learning curve is model_converged
+    curves = {m["kind"]: m["converged"] for m in res.data["models"]
+              if m["train_S"] == zc.T and m["seed"] == 0}
+    assert {r["kind"]: r["model_converged"] for r in iw["models"]} == curves
     assert "(IW, K=" in res.summary_md and "B_1" in res.summary_md
     # no grid number at 1000 steps is presented as a value
     long_rows = [r for r in res.data["rows"] if r["sample_S"] == zc.T]
