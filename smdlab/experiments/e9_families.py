@@ -106,7 +106,7 @@ class E9Config:
     needs_tol_global: float = 0.1
     # learned models (grid target only): the toy zoo of E6-E8 (same values, same cached models),
     # the kinds scored, SMD's latent draws (local error: per x_t; IW: per step and path), and the
-    # largest S with the grid route as a cross-check (E8's evaluation, memoised)
+    # largest S with the grid route as a cross-check (E8's evaluation, stored beside the models)
     zoo: ToyZoo = field(default_factory=ToyZoo)
     eval: ToyEval = field(default_factory=ToyEval)
     learned_kinds: tuple = ("ddpm", "smd-jensen", "smd-energy")

@@ -14,8 +14,9 @@ Each (model, S) is scored like the oracles:
     SMD with ``n_latent_iw`` latent draws per step and path: a pseudo-marginal weight, still an
     upper bound, see that module);
   * where S <= ``learned_grid_max_steps``, the grid route (:func:`.toy_eval.evaluate`, the evaluation of
-    E6/E8 with the same sizes and seeds: memoised, so free when E8 ran in the same process), with
-    its "resolved" flag.
+    E6/E8 with the same sizes and seeds: read from the model's folder where the zoo's workers
+    stored it for E8's plan, on the chains below E8's ``iw_from`` steps; computed here on the
+    others), with its "resolved" flag.
 Every number keeps its flags: the model's convergence (its learning curve, ``tm.converged``),
 clamped local errors and bounds, an IW bound still falling in K, an unresolved grid.
 """
