@@ -121,3 +121,39 @@ def test_a_diverging_chain_is_scored_as_diverged_not_raised():
     row, x = score(mix, Blowup(mix, chain, "beta_tilde"), chain, ToyEval.quick(), seed=0)
     assert row["diverged"] and row["kl"] == float("inf") and row["in_mode_share"] == 0.0
     assert torch.isnan(x).all()
+
+
+def test_a_draw_with_a_few_diverging_paths_keeps_the_others_and_counts_them_as_misses():
+    """One path that leaves the floats must not cost the whole draw: the chain is rerun in
+    chunks, only the chunks that diverge are lost, and their paths count as misses."""
+    import torch
+
+    from smdlab.distributions import Gaussian
+    from smdlab.experiments import toy_eval
+    from smdlab.experiments.toy_config import ToyEval
+    from smdlab.kernels import BestGaussianKernel
+    from smdlab.mixture import GaussianMixture
+    from smdlab.schedules import NoiseSchedule
+
+    class RareBlowup(BestGaussianKernel):
+        def distribution(self, x_t, t, s, generator=None, n_latent=None):
+            g = super().distribution(x_t, t, s, generator, n_latent)
+            if s > 0:
+                return g
+            far = (x_t[:, 0] > 0.9)[:, None]          # a few paths on the last jump
+            return Gaussian(torch.where(far, g.mean() * float("inf"), g.mean()),
+                            variance=g.variance)
+
+    mix = GaussianMixture.grid(3, 0.5, 0.05)
+    chain = NoiseSchedule.linear(100).respace(4)
+    kernel = RareBlowup(mix, chain, "beta_tilde")
+    sizes = ToyEval(n_eval=400, n_snapshot=10, n_grid=16, n_latent=1)
+    x = toy_eval.draw_samples(kernel, chain, sizes.n_eval, 0)
+    lost = torch.isnan(x).any(-1)
+    assert 0 < lost.sum() < 400 and lost.sum() % toy_eval.DIVERGE_CHUNK == 0
+    row, _ = toy_eval.score(mix, kernel, chain, sizes, 0, grid=False, samples=x)
+    kept = float((~lost).double().mean())
+    assert row["diverged"] == pytest.approx(1 - kept)
+    whole = toy_eval.score(mix, BestGaussianKernel(mix, chain, "beta_tilde"), chain, sizes, 0,
+                           grid=False, samples=x[~lost])[0]
+    assert row["in_mode_share"] == pytest.approx(kept * whole["in_mode_share"])

@@ -43,11 +43,19 @@ def kernel_dim(kernel) -> int:
     return kernel.dim if isinstance(kernel.dim, int) else int(np.prod(kernel.dim))
 
 
+#: Paths per chunk when a draw diverges (see :func:`draw_samples`).
+DIVERGE_CHUNK = 50
+
+
 def draw_samples(kernel, chain: NoiseSchedule, n: int, seed: int) -> torch.Tensor:
     """n ancestral samples (n, D) of ``kernel`` on ``chain`` from a generator seeded ``seed``.
 
     A chain that diverges (a step meets non-finite values: a model sampled far from what it was
-    trained on) returns all-NaN samples, which :func:`score` reports as diverged."""
+    trained on, or one heavy-tailed latent draw) is rerun from the same x_T in chunks of
+    DIVERGE_CHUNK paths (one generator, seeded anew), and only the chunks that diverge again are
+    NaN; :func:`score` counts their paths as misses (measured: a 1000-step SMD-energy model whose
+    learning curve reads 0.87 in the modes lost a whole draw of 1000 to one such path).  A draw
+    that does not diverge is unchanged."""
     g = torch.Generator().manual_seed(seed)
     x_T = torch.randn(n, kernel_dim(kernel), generator=g, dtype=torch.float64)
     try:
@@ -55,7 +63,17 @@ def draw_samples(kernel, chain: NoiseSchedule, n: int, seed: int) -> torch.Tenso
     except ValueError as e:
         if "finite" not in str(e):
             raise
-        return torch.full_like(x_T, math.nan)
+    g = torch.Generator().manual_seed(seed)
+    torch.randn(n, kernel_dim(kernel), generator=g, dtype=torch.float64)     # the same x_T
+    out = torch.full_like(x_T, math.nan)
+    for i in range(0, n, DIVERGE_CHUNK):
+        try:
+            out[i:i + DIVERGE_CHUNK] = ancestral_sample(kernel, x_T[i:i + DIVERGE_CHUNK], chain,
+                                                        generator=g)
+        except ValueError as e:
+            if "finite" not in str(e):
+                raise
+    return out
 
 
 def sample_seed(model: TrainedModel, sample_S: int) -> int:
@@ -76,14 +94,21 @@ def score(mix, kernel, chain: NoiseSchedule, sizes: ToyEval, seed: int, grid: bo
     An infinite KL means the chain put (almost) no mass where the target lives."""
     if samples is None:
         samples = draw_samples(kernel, chain, sizes.n_eval, seed)
-    if not torch.isfinite(samples).any():
+    ok = torch.isfinite(samples).reshape(samples.shape[0], -1).all(-1)
+    if not ok.any():
         # The chain diverged: no sample lands anywhere, and no density can be pushed through it
         # (its kernel means leave the floats); both read as "nothing where q lives".
         return {"diverged": 1.0, "in_mode_share": 0.0, "kl": math.inf, "kl_resolved": True,
                 "mass_lost": 1.0}, samples
-    row = {k: float(v) for k, v in sample_metrics(mix, samples,
+    row = {k: float(v) for k, v in sample_metrics(mix, samples[ok],
                                                   generator=torch.Generator().manual_seed(seed)
                                                   ).items() if _is_number(v)}
+    if not ok.all():
+        # Some paths diverged (draw_samples): they land in no mode; the other sample metrics
+        # are those of the finite paths.
+        share = float(ok.double().mean())
+        row["in_mode_share"] *= share
+        row["diverged"] = 1.0 - share
     if grid:
         g = torch.Generator().manual_seed(seed + 1)
         res = grid_global_error(mix, kernel, chain, n_grid=sizes.n_grid, n_latent=sizes.n_latent,
@@ -141,7 +166,7 @@ _EVAL: dict = {}
 
 #: The version of what a scored evaluation computes: bump it with any change to the scoring or
 #: estimator code, so that scores cached on disk by an older version are recomputed.
-EVAL_VERSION = 1
+EVAL_VERSION = 2      # 2: a partly diverged draw keeps its finite paths (draw_samples)
 
 
 def estimator_fingerprint() -> str:
