@@ -58,13 +58,13 @@ def draw_samples(kernel, chain: NoiseSchedule, n: int, seed: int) -> torch.Tenso
     that does not diverge is unchanged."""
     g = torch.Generator().manual_seed(seed)
     x_T = torch.randn(n, kernel_dim(kernel), generator=g, dtype=torch.float64)
+    after_x_T = g.get_state()
     try:
         return ancestral_sample(kernel, x_T, chain, generator=g)
     except ValueError as e:
         if "finite" not in str(e):
             raise
-    g = torch.Generator().manual_seed(seed)
-    torch.randn(n, kernel_dim(kernel), generator=g, dtype=torch.float64)     # the same x_T
+    g.set_state(after_x_T)                  # the stream a non-diverging draw would have used
     out = torch.full_like(x_T, math.nan)
     for i in range(0, n, DIVERGE_CHUNK):
         try:
@@ -185,12 +185,13 @@ def estimator_fingerprint() -> str:
     return hashlib.sha1(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:10]
 
 
-def _disk_path(model: TrainedModel, tag: str, key: tuple):
+def _disk_path(model: TrainedModel, tag: str, key: tuple, fingerprint: str | None = None):
     import hashlib
 
     if model.run_dir is None:
         return None
-    h = hashlib.sha1(f"{key!r}|{estimator_fingerprint()}".encode()).hexdigest()[:16]
+    fp = estimator_fingerprint() if fingerprint is None else fingerprint
+    h = hashlib.sha1(f"{key!r}|{fp}".encode()).hexdigest()[:16]
     return Path(model.run_dir) / "evals" / f"{tag}-{h}.pt"
 
 
@@ -200,12 +201,13 @@ def _stored(model: TrainedModel, tag: str, key: tuple, compute):
     A stored file that fails its checksum, or holds another key, is recomputed and replaced."""
     from ..checkpoints import CheckpointError, load_checkpoint, save_checkpoint
 
-    path = _disk_path(model, tag, key)
+    fp = estimator_fingerprint()
+    path = _disk_path(model, tag, key, fp)
     if path is not None and path.exists():
         try:
             got = load_checkpoint(path)
             if got["config"].get("evaluation") == repr(key) and \
-                    got["config"].get("estimator") == estimator_fingerprint():
+                    got["config"].get("estimator") == fp:
                 return got["config"]["value"], got["model"].get("samples")
         except (CheckpointError, KeyError, AttributeError) as e:
             warnings.warn(f"cached score {path} is unreadable ({e}); recomputing it",
@@ -214,7 +216,7 @@ def _stored(model: TrainedModel, tag: str, key: tuple, compute):
     if path is not None:
         save_checkpoint(path, {"step": 0, "model": {"samples": samples},
                                "config": {"evaluation": repr(key), "value": value,
-                                          "estimator": estimator_fingerprint()}})
+                                          "estimator": fp}})
     return value, samples
 
 
@@ -270,13 +272,13 @@ def references(zoo: ToyZoo, sizes: ToyEval, S_list, grid_below: int = 101) -> di
     for name in REFERENCES:
         out[name] = {}
         for S in S_list:
+            grid = S < min(grid_below, 101)
             key = (name, repr(zoo.target), zoo.T, S, sizes, zoo.model.parameterization,
-                   zoo.model.final_variance, zoo.model.smd_final_variance,
-                   S < min(grid_below, 101))
+                   zoo.model.final_variance, zoo.model.smd_final_variance, grid)
             if key not in _REFS:
                 chain = zoo.chain(S)
                 _REFS[key] = score(mix, reference_kernel(name, mix, zoo, chain), chain, sizes,
-                                   REFERENCE_SEED, S < min(grid_below, 101))[0]
+                                   REFERENCE_SEED, grid)[0]
             out[name][S] = dict(_REFS[key])
     return out
 
