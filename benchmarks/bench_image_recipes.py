@@ -63,6 +63,17 @@ RECIPES = {
     # the default since then: the published (separate) generator, 1,000 steps of 96
     "separate-b96-1000": ["models.generator=separate", "batch_size=96", "train.steps=1000",
                           "short_train_steps=1000"],
+    # the same at twice the peak learning rate, and at 1,200 steps
+    "separate-b96-1000-lr4e-3": ["models.generator=separate", "batch_size=96",
+                                 "train.steps=1000", "short_train_steps=1000", "train.lr=4e-3"],
+    "separate-b96-1200": ["models.generator=separate", "batch_size=96", "train.steps=1200",
+                          "short_train_steps=1200"],
+    "separate-b48-1000-lr4e-3": ["models.generator=separate", B48, "train.steps=1000",
+                                 "short_train_steps=1000", "train.lr=4e-3"],
+    "separate-b96-1000-lr1e-3": ["models.generator=separate", "batch_size=96",
+                                 "train.steps=1000", "short_train_steps=1000", "train.lr=1e-3"],
+    "separate-b48-1000-lr1e-3": ["models.generator=separate", B48, "train.steps=1000",
+                                 "short_train_steps=1000", "train.lr=1e-3"],
 }
 ROOT = Path(__file__).resolve().parent.parent
 

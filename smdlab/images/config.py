@@ -165,14 +165,15 @@ class EvalConfig:
 
 def image_train_config(**changes) -> TrainConfig:
     """The image models' optimisation defaults (the seed is set per model): AdamW at lr 2e-3,
-    a cosine decay to 2% of it over 1,000 steps (at the default batch of 96), EMA 0.99.  Chosen
+    a cosine decay to 2% of it over 2,000 steps (at the default batch of 48), EMA 0.99.  Chosen
     by benchmarks/bench_image_recipes.py on digits 8 x 8 (FD-digitsnet): a constant lr for the
-    earlier 450 / 300 steps at batch 48 left the DDPM at FD 21.0 (1000-step chain, sampled on 10
-    steps) and SMD-energy at 40.0 (10-step chain) where the cosine over 2,000 steps reached 5.2
-    and 10.9 (curve n = 100); at the same 96,000 training images, 1,000 steps of 96 reached the
-    FD of 2,000 steps of 48 (DDPM on the 10-step chain 5.3 and 5.3, curve n = 1000) at 0.75x the
-    time (77 vs 103 s), with a flatter end of the curve, and 500 steps of 192 did not (12.6)."""
-    base = dict(steps=1000, lr=2e-3, weight_decay=0.0, warmup_steps=50, grad_clip=1.0,
+    earlier 450 / 300 steps left the DDPM at FD 21.0 (1000-step chain, sampled on 10 steps) and
+    SMD-energy at 40.0 (10-step chain) where the cosine over 2,000 steps reached 5.2 and 10.9
+    (curve n = 100).  Cheaper recipes measured since (bench_image_recipes_b96.md) end worse: the
+    whole default as 1,000 steps of 96 (the same 96,000 images) ran in 18.6 min but left the
+    1000-step DDPM at FD 8.8 instead of 6.3 and passed 6 of 16 models instead of 11; 1,000 steps
+    of 48 at lr 4e-3, or of 96 at lr 1e-3, ended at 14.2 and 10.6."""
+    base = dict(steps=2000, lr=2e-3, weight_decay=0.0, warmup_steps=50, grad_clip=1.0,
                 ema_decay=0.99, checkpoint_every=250, keep_checkpoints=1, log_every=25,
                 progress=True, bf16=True, lr_schedule="cosine", lr_final=0.02)
     return TrainConfig(**{**base, **changes})
@@ -200,8 +201,8 @@ class ImagesConfig:
     workers: int = 1
     channels_last: bool = False
     device: str | None = None
-    batch_size: int = 96
-    short_train_steps: int = 1000
+    batch_size: int = 48
+    short_train_steps: int = 2000
     data: DataConfig = field(default_factory=DataConfig)
     net: NetConfig = field(default_factory=NetConfig)
     models: ModelsConfig = field(default_factory=ModelsConfig)

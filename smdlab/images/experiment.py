@@ -299,14 +299,14 @@ class ImageJob:
 
     @property
     def cost(self) -> float:
-        """Relative training cost (measured ms/step ratios on digits at batch 96: plain U-Net 1,
-        matched 1.55, SMD-jensen 1.8, SMD with K latent draws about 1 + 0.95 K), used to start
-        the longest first."""
+        """Relative training cost (measured ms/step ratios on digits at batch 48: plain U-Net 1,
+        matched 1.4, SMD-jensen 1.9, SMD with K latent draws about 1 + 0.9 K), used to start the
+        longest first."""
         spec = self.spec
         if spec.kind == "smd":
-            per = 1.8 if spec.objective == "jensen" else 1.0 + 0.95 * spec.n_samples
+            per = 1.9 if spec.objective == "jensen" else 1.0 + 0.9 * spec.n_samples
         else:
-            per = 1.55 if spec.kind == "ddpm-matched" else 1.0
+            per = 1.4 if spec.kind == "ddpm-matched" else 1.0
         return per * self.steps
 
 

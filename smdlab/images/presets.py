@@ -4,7 +4,7 @@
 CPU presets:
   * ``default``: digits 8 x 8 (inside scikit-learn): the comparison that ``python -m
     smdlab.images`` runs (2 worker processes, 16 models: both protocols, every short-chain
-    model with training seeds 0, 1, 2; 1,000 steps of 96 images each, chosen by
+    model with training seeds 0, 1, 2; 2,000 steps of 48 images each, chosen by
     benchmarks/bench_image_recipes.py); its measured wall time is in the README;
   * ``smoke``: the same pipeline in well under 2 minutes (tests run it; no verdicts);
   * ``tiny``: the smallest end-to-end run on any dataset (tests run it on real Fashion-MNIST
