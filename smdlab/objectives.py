@@ -39,6 +39,9 @@ forward process, (x_s, x_t) ~ q.
     scores the kernel's own samples instead, x0_hat + sqrt(final variance) xi on that jump
     (the other jumps' common noise is left out of both sides), so the minimiser is the kernel
     whose final jump, noise included, is q(x_0 | x_t).
+    ``energy_beta`` = beta in (0, 2) replaces each distance by its beta-th power, the energy
+    score of exponent beta (Gneiting and Raftery 2007), also strictly proper; beta < 1 weighs
+    short distances more, i.e. the spread of x0_hat within a mode.
 
 ``nll``.  For the discrete-latent kernel of :mod:`smdlab.mixture_kernel` only: -log p(x_0 | x_t)
     of its mixture posterior, exact (no latent draws, no bound), per dimension; it bounds the
@@ -115,11 +118,14 @@ class Objective:
         energy_space: for ``energy``: ``"x0"`` (the score of the clean-point predictions) or
             ``"kernel"`` (the score of the kernel's own samples: on the jump to 0 the
             predictions carry the kernel's final variance, see the module docstring).
+        energy_beta: for ``energy``: the exponent beta in (0, 2) of the distances (1: the
+            energy score as published).
     """
 
     def __init__(self, kind: str, chain: NoiseSchedule, n_samples: int = 1,
                  weighting: str = "simple", t_sampling: str = "uniform", p_mean: float = -1.2,
-                 p_std: float = 1.2, uniform_share: float = 0.3, energy_space: str = "x0"):
+                 p_std: float = 1.2, uniform_share: float = 0.3, energy_space: str = "x0",
+                 energy_beta: float = 1.0):
         if kind not in OBJECTIVES:
             raise ValueError(f"unknown objective {kind!r}; choose one of {OBJECTIVES}")
         if kind == "multisample" and n_samples < 1:
@@ -131,6 +137,10 @@ class Objective:
             raise ValueError(f"unknown weighting {weighting!r}; choose 'simple' or 'likelihood'")
         if energy_space not in ENERGY_SPACES:
             raise ValueError(f"unknown energy_space {energy_space!r}; choose one of {ENERGY_SPACES}")
+        if not 0 < float(energy_beta) < 2:
+            raise ValueError(f"energy_beta must lie in (0, 2) (the energy score is strictly proper "
+                             f"there); got {energy_beta}")
+        self.energy_beta = float(energy_beta)
         self.kind, self.chain, self.n_samples, self.weighting = kind, chain, n_samples, weighting
         self.energy_space = energy_space
         self._steps = chain.original_steps.clone()
@@ -143,6 +153,8 @@ class Objective:
              "weighting": self.weighting, "t_sampling": self.t_sampling}
         if self.kind == "energy":
             d["energy_space"] = self.energy_space
+            if self.energy_beta != 1.0:
+                d["energy_beta"] = self.energy_beta
         if self.t_sampling != "uniform":
             d.update(self.t_params)
         return d
@@ -183,7 +195,7 @@ class Objective:
             return posterior_nll(model, den, x0, x_t, t)
         if self.kind == "energy":
             return _energy(model, den, x0, x_t, t, s, self.n_samples, generator,
-                           self.energy_space == "kernel")
+                           self.energy_space == "kernel", self.energy_beta)
         K = 1 if self.kind == "jensen" else self.n_samples
         return _multisample(model, den, x0, x_t, t, s, K, generator)
 
@@ -216,9 +228,10 @@ def _multisample(model, den, x0, x_t, t, s, K, generator):
     return loss, {}
 
 
-def _energy(model, den, x0, x_t, t, s, M, generator, kernel_space=False):
-    """The energy score of M clean-point predictions per example (with ``kernel_space``, of the
-    kernel's samples: the jump to 0 adds its final-variance noise to each prediction)."""
+def _energy(model, den, x0, x_t, t, s, M, generator, kernel_space=False, beta=1.0):
+    """The energy score (distances to the power ``beta``) of M clean-point predictions per
+    example (with ``kernel_space``, of the kernel's samples: the jump to 0 adds its
+    final-variance noise to each prediction)."""
     N, D = x0.shape[0], x0[0].numel()
     xr = x_t.repeat_interleave(M, 0)
     tr = t.repeat_interleave(M, 0)
@@ -230,13 +243,16 @@ def _energy(model, den, x0, x_t, t, s, M, generator, kernel_space=False):
         noise = torch.randn(x0_hat.shape, generator=generator, dtype=x0.dtype, device=x0.device)
         x0_hat = x0_hat + sd * noise
     target = x0.reshape(N, 1, D)
-    fit = _norm(x0_hat - target).mean(1)
-    pair = _norm(x0_hat[:, :, None] - x0_hat[:, None, :])            # (N, M, M), zero diagonal
+    fit = _norm(x0_hat - target, beta).mean(1)
+    pair = _norm(x0_hat[:, :, None] - x0_hat[:, None, :], beta)      # (N, M, M), zero diagonal
     spread = pair.sum((1, 2)) / (M * (M - 1))
-    loss = (fit - 0.5 * spread).mean() / math.sqrt(D)
-    return loss, {"spread": float(spread.mean().detach()) / math.sqrt(D)}
+    scale = D ** (beta / 2)
+    loss = (fit - 0.5 * spread).mean() / scale
+    return loss, {"spread": float(spread.mean().detach()) / scale}
 
 
-def _norm(x):
-    # sqrt with a tiny floor: the exact norm's gradient is undefined at 0 (the diagonal pairs).
-    return (x.square().sum(-1) + 1e-12).sqrt()
+def _norm(x, beta=1.0):
+    # ||x||^beta with a tiny floor: the exact norm's gradient is undefined at 0 (the diagonal
+    # pairs).  beta = 1 keeps the published form's arithmetic exactly.
+    sq = x.square().sum(-1) + 1e-12
+    return sq.sqrt() if beta == 1.0 else sq.pow(beta / 2)

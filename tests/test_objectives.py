@@ -191,3 +191,48 @@ def test_energy_in_kernel_space_adds_the_final_variance_only_on_the_jump_to_0():
     assert torch.allclose(loss("kernel", True), loss("x0", True), atol=1e-5)
     with pytest.raises(ValueError, match="energy_space"):
         Objective("energy", chain, n_samples=2, energy_space="x_s")
+
+
+class _Scaled(nn.Module):
+    """x0 prediction a * z: with z ~ N(0, 1), a sampler of N(0, a^2)."""
+
+    def __init__(self, a):
+        super().__init__()
+        self.a = nn.Parameter(torch.tensor(float(a)))
+
+    def forward(self, x, t, z):
+        return self.a * z[:, :1]
+
+
+@pytest.mark.parametrize("beta", [0.5, 1.0, 1.5])
+def test_energy_score_of_any_exponent_is_smallest_at_the_true_spread(beta):
+    # At t = T, q(x_0 | x_T) is the data N(0, 1): among samplers N(0, a^2) the (strictly proper)
+    # energy score of exponent beta is smallest at a = 1, on both sides; a wrong weight of the
+    # spread term moves that minimum (e.g. without the 1/2 the narrowest sampler wins).
+    chain = ROOT.respace(1)
+    x0 = torch.randn(200_000, 1, generator=torch.Generator().manual_seed(0))
+    losses = {}
+    for a in (0.6, 1.0, 1.6):
+        m = SMDDenoiser(_Scaled(a), _Id(), chain, 1, 1, "x0")
+        with torch.no_grad():
+            losses[a] = Objective("energy", chain, n_samples=4, energy_beta=beta)(
+                m, x0, torch.Generator().manual_seed(1))[0].item()
+    assert losses[1.0] < losses[0.6] and losses[1.0] < losses[1.6], losses
+
+
+def test_energy_exponent_one_is_the_published_score_and_bad_exponents_are_refused():
+    chain = ROOT.respace(4)
+    smd = _smd(chain)
+    x0 = torch.randn(128, 2, generator=torch.Generator().manual_seed(0))
+    a = Objective("energy", chain, n_samples=2)(smd, x0, torch.Generator().manual_seed(3))[0]
+    b = Objective("energy", chain, n_samples=2, energy_beta=1.0)(
+        smd, x0, torch.Generator().manual_seed(3))[0]
+    c = Objective("energy", chain, n_samples=2, energy_beta=0.5)(
+        smd, x0, torch.Generator().manual_seed(3))[0]
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    assert "energy_beta" not in Objective("energy", chain, n_samples=2).describe()
+    assert Objective("energy", chain, n_samples=2, energy_beta=0.5).describe()[
+        "energy_beta"] == 0.5
+    for bad in (0.0, 2.0, -1.0):
+        with pytest.raises(ValueError, match="energy_beta"):
+            Objective("energy", chain, n_samples=2, energy_beta=bad)
