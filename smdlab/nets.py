@@ -180,6 +180,40 @@ class VectorLatentGenerator(nn.Module):
         return self.mlp(torch.cat([x_t, eta.to(x_t.dtype), self.time(t)], -1))
 
 
+class CodebookLatentGenerator(nn.Module):
+    """A discrete latent for SMD: z = E[k] with k = floor(K Phi(eta_1)) uniform on K learned codes.
+
+    The code does not depend on x_t or t, so p(z | x_t) is uniform over the codebook and the
+    kernel is an equal-weight mixture of K Gaussians whose means mu(x_t, E[k]) move freely, one
+    per code: unlike a smooth map of Gaussian noise, it can put its predictions on separate
+    points (posterior weights are represented by how many codes share a mode, in steps of 1/K).
+    A deterministic function of eta ~ N(0, I) like every generator, so SMD's samplers, objectives
+    and error routes take it unchanged.
+
+    Args:
+        noise_dim: dimension of eta (only its first coordinate is used); latent_dim: Z;
+        n_codes: K.
+    """
+
+    def __init__(self, noise_dim: int, latent_dim: int, n_codes: int = 64):
+        super().__init__()
+        if min(noise_dim, latent_dim, n_codes) < 1:
+            raise ValueError("CodebookLatentGenerator needs positive sizes")
+        self.noise_dim, self.latent_dim, self.n_codes = noise_dim, latent_dim, n_codes
+        self.codes = nn.Embedding(n_codes, latent_dim)
+        nn.init.normal_(self.codes.weight, std=1.0)
+
+    def code_index(self, eta: torch.Tensor) -> torch.Tensor:
+        """k = floor(K Phi(eta_1)), in 0..K-1 (uniform when eta_1 ~ N(0, 1))."""
+        u = torch.special.ndtr(eta[:, 0].double())
+        return (u * self.n_codes).long().clamp_(0, self.n_codes - 1)
+
+    def forward(self, x_t: torch.Tensor, eta: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        if eta.shape != (x_t.shape[0], self.noise_dim):
+            raise ValueError(f"eta must be (N, {self.noise_dim}); got {tuple(eta.shape)}")
+        return self.codes(self.code_index(eta)).to(x_t.dtype)
+
+
 def count_parameters(*modules: nn.Module) -> int:
     """Total number of parameters of the given modules."""
     return sum(p.numel() for m in modules for p in m.parameters())

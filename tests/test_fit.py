@@ -16,7 +16,7 @@ from smdlab.fit import Recipe, build_kernel, fit
 from smdlab.global_error import grid_global_error
 from smdlab.local_error import local_error
 from smdlab.metrics import mode_statistics, sample_metrics
-from smdlab.nets import FourierFeatures
+from smdlab.nets import CodebookLatentGenerator, FourierFeatures
 from smdlab.objectives import Objective, step_probabilities
 from smdlab.training import TrainConfig, train
 
@@ -92,6 +92,10 @@ def test_fit_rejects_bad_arguments_clearly():
         fit(q, "ddpm", steps=1, recipe={"lr": 1})
     with pytest.raises(ValueError, match="t_sampling"):
         Recipe(t_sampling="cosine")
+    with pytest.raises(ValueError, match="latent"):
+        Recipe(latent="flow")
+    with pytest.raises(ValueError, match="n_codes"):
+        Recipe(latent="codebook", n_codes=0)
 
 
 def test_recipe_beats_uniform_t_training_well_outside_seed_noise():
@@ -184,3 +188,25 @@ def test_recipe_final_variance_and_schedule_defaults():
     assert fixed.final_variance == 0.5
     with pytest.raises(ValueError, match="final_variance"):
         Recipe(final_variance="wide")
+
+
+def test_codebook_latent_draws_its_codes_uniformly_and_fits_like_any_smd_kernel():
+    # k = floor(K Phi(eta_1)) is uniform on 0..K-1 for eta ~ N(0, I): counts of 40,000 draws over
+    # K = 8 codes lie within 5 binomial sds of 5,000; the codes are what the generator returns.
+    gen = CodebookLatentGenerator(noise_dim=3, latent_dim=4, n_codes=8)
+    eta = torch.randn(40_000, 3, generator=torch.Generator().manual_seed(0))
+    k = gen.code_index(eta)
+    counts = torch.bincount(k, minlength=8).double()
+    assert k.min() >= 0 and k.max() <= 7
+    assert (counts - 5000).abs().max() < 5 * (40_000 * (1 / 8) * (7 / 8)) ** 0.5
+    z = gen(torch.zeros(40_000, 2), eta, torch.zeros(40_000, dtype=torch.long))
+    assert torch.equal(z, gen.codes.weight[k])
+    q = GaussianMixture.two_modes(2.0, 0.1)
+    chain = ROOT.respace(4)
+    kern = fit(q, "smd_energy", chain, steps=10, seed=0,
+               recipe=dataclasses.replace(SMALL, latent="codebook", n_codes=16))
+    assert isinstance(kern.gen, CodebookLatentGenerator)
+    g = torch.Generator().manual_seed(1)
+    x = ancestral_sample(kern, torch.randn(40, 1, generator=g, dtype=torch.float64), chain,
+                         generator=g)
+    assert x.shape == (40, 1) and torch.isfinite(x).all()

@@ -204,18 +204,21 @@ class _Scaled(nn.Module):
         return self.a * z[:, :1]
 
 
-@pytest.mark.parametrize("beta", [0.5, 1.0, 1.5])
-def test_energy_score_of_any_exponent_is_smallest_at_the_true_spread(beta):
+@pytest.mark.parametrize("beta,bandwidths", [(0.5, None), (1.0, None), (1.5, None),
+                                             (1.0, (0.3, 1.0, 3.0))])
+def test_energy_score_of_any_exponent_is_smallest_at_the_true_spread(beta, bandwidths):
     # At t = T, q(x_0 | x_T) is the data N(0, 1): among samplers N(0, a^2) the (strictly proper)
     # energy score of exponent beta is smallest at a = 1, on both sides; a wrong weight of the
-    # spread term moves that minimum (e.g. without the 1/2 the narrowest sampler wins).
+    # spread term moves that minimum (e.g. without the 1/2 the narrowest sampler wins).  The same
+    # for the Gaussian-kernel score that can replace the distance.
     chain = ROOT.respace(1)
     x0 = torch.randn(200_000, 1, generator=torch.Generator().manual_seed(0))
     losses = {}
     for a in (0.6, 1.0, 1.6):
         m = SMDDenoiser(_Scaled(a), _Id(), chain, 1, 1, "x0")
         with torch.no_grad():
-            losses[a] = Objective("energy", chain, n_samples=4, energy_beta=beta)(
+            losses[a] = Objective("energy", chain, n_samples=4, energy_beta=beta,
+                                  energy_bandwidths=bandwidths)(
                 m, x0, torch.Generator().manual_seed(1))[0].item()
     assert losses[1.0] < losses[0.6] and losses[1.0] < losses[1.6], losses
 
@@ -236,3 +239,6 @@ def test_energy_exponent_one_is_the_published_score_and_bad_exponents_are_refuse
     for bad in (0.0, 2.0, -1.0):
         with pytest.raises(ValueError, match="energy_beta"):
             Objective("energy", chain, n_samples=2, energy_beta=bad)
+    for bad in ((), (0.1, 0.0), (-1.0,)):
+        with pytest.raises(ValueError, match="energy_bandwidths"):
+            Objective("energy", chain, n_samples=2, energy_bandwidths=bad)
