@@ -170,9 +170,10 @@ def image_train_config(**changes) -> TrainConfig:
     earlier 450 / 300 steps left the DDPM at FD 21.0 (1000-step chain, sampled on 10 steps) and
     SMD-energy at 40.0 (10-step chain) where the cosine over 2,000 steps reached 5.2 and 10.9
     (curve n = 100).  Cheaper recipes measured since (bench_image_recipes_b96.md) end worse: the
-    whole default as 1,000 steps of 96 (the same 96,000 images) ran in 18.6 min but left the
-    1000-step DDPM at FD 8.8 instead of 6.3 and passed 6 of 16 models instead of 11; 1,000 steps
-    of 48 at lr 4e-3, or of 96 at lr 1e-3, ended at 14.2 and 10.6."""
+    whole default as 1,000 steps of 96 (the same 96,000 images) ran in 18.6 min, no faster than
+    this default (18.9 min on the same machine), but left the 1000-step DDPM at FD 8.8 instead
+    of 6.3 and passed 6 of 16 models instead of 11; 1,000 steps of 48 at lr 4e-3 or 1e-3, or of
+    96 at lr 1e-3, left it at 14.2, 18.9 and 10.6."""
     base = dict(steps=2000, lr=2e-3, weight_decay=0.0, warmup_steps=50, grad_clip=1.0,
                 ema_decay=0.99, checkpoint_every=250, keep_checkpoints=1, log_every=25,
                 progress=True, bf16=True, lr_schedule="cosine", lr_final=0.02)
