@@ -86,7 +86,45 @@ def last_jump_energy_scores(mix, kernel, chain, seed: int, n: int = 20000) -> di
             "gaussian_minus_exact_se": float((s_g - s_e).std() / n ** 0.5)}
 
 
-def one(beta: float, M: int, steps: int, S: int, seed: int, recipe_changes: dict) -> dict:
+@torch.no_grad()
+def transport_figure(mix, kernel, chain, path: Path, title: str, n_eta: int = 6) -> None:
+    """x0_hat(x_t, eta)'s first coordinate along the line x_t = (u, 0) on the last jump, for
+    ``n_eta`` fixed latent draws, beside the mode centres and the exact posterior mean: a
+    staircase (each draw jumping from centre to centre) is what the exact minimiser needs."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from smdlab.exact import expected_x0
+
+    t1 = int(chain.original_steps[1])
+    u = torch.linspace(-2.0, 2.0, 801)
+    x_t = torch.stack([u, torch.zeros_like(u)], 1)
+    t = torch.full((u.numel(),), t1, dtype=torch.long)
+    g = torch.Generator().manual_seed(0)
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for c in sorted({round(float(v), 6) for v in mix.means[:, 0]}):
+        ax.axhline(c, color="0.85", lw=0.8, zorder=0)
+    for j in range(n_eta):
+        eta = kernel.draw_eta(1, g, dtype=torch.float32).expand(u.numel(), -1)
+        x0_hat = kernel.x0_from_output(kernel(x_t, t, eta), x_t, t)
+        ax.plot(u, x0_hat[:, 0], lw=1.2, label="fixed latent draws" if j == 0 else None)
+    mean = expected_x0(mix, chain, x_t.double(), t1)
+    ax.plot(u, mean[:, 0], "k--", lw=1.0, label="exact posterior mean E[x0 | x_t]")
+    ax.set_xlabel(f"x_t first coordinate (x_t = (u, 0), t = {t1})")
+    ax.set_ylabel("x0_hat first coordinate")
+    ax.set_title(title + "\ngrey: mode centres (the exact kernel-space minimiser lands on them)",
+                 fontsize=9)
+    ax.legend(fontsize=8, loc="upper left")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=130)
+    plt.close(fig)
+
+
+def one(beta: float, M: int, steps: int, S: int, seed: int, recipe_changes: dict,
+        figure: Path | None = None) -> dict:
     from smdlab.experiments.toy_eval import draw_samples
     from smdlab.fit import Recipe, fit
     from smdlab.global_error import grid_global_error
@@ -108,6 +146,10 @@ def one(beta: float, M: int, steps: int, S: int, seed: int, recipe_changes: dict
     ok = torch.isfinite(x).all(-1)
     m = sample_metrics(mix, x[ok], generator=torch.Generator().manual_seed(seed))
     spread = last_jump_spread(mix, kernel, chain, seed)
+    if figure is not None:
+        transport_figure(mix, kernel, chain, figure,
+                         f"SMD-energy, {S}-step chain, beta {beta:g}, seed {seed}, "
+                         f"{recipe_changes or 'the measured recipe'}")
     return {"beta": beta, "M": M, "steps": steps, "S": S, "seed": seed, "recipe": recipe_changes,
             "kl": float(res["kl"]), "kl_se": res.get("kl_se"), "resolved": res.get("resolved"),
             "mass_lost": res.get("mass_lost"),
@@ -131,6 +173,8 @@ def main(argv=None):
     ap.add_argument("--S", type=int, default=4, help="the chain's steps")
     ap.add_argument("--recipe", default="{}", help="other Recipe fields, as JSON")
     ap.add_argument("--out", default=str(ROOT / "benchmarks/results/bench_energy_beta.json"))
+    ap.add_argument("--figure", default=None,
+                    help="PNG of the first model's predictions along a line of x_t (last jump)")
     a = ap.parse_args(argv)
     torch.set_num_threads(1)
     from smdlab.provenance import run_metadata, write_json
@@ -139,7 +183,8 @@ def main(argv=None):
     rows = []
     for beta in a.betas:
         for seed in a.seeds:
-            rows.append(one(beta, a.M, a.steps, a.S, seed, changes))
+            fig = Path(a.figure) if a.figure and not rows else None
+            rows.append(one(beta, a.M, a.steps, a.S, seed, changes, fig))
             print(json.dumps(rows[-1]), flush=True)
     print("\n| beta | seed | KL (nats) | in-mode share | x0_hat within 0.05 / 0.1 of a centre "
           "(last jump) | energy score excess over exact: learned / best Gaussian (last jump) | "
