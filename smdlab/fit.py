@@ -60,8 +60,8 @@ what a constant lr did not in 2000; DDPM takes the ``"clipped"`` last-jump varia
 taken in the kernel's space (``energy_space="kernel"``, the last jump's noise included; see
 :mod:`smdlab.objectives`).  ``steps=None`` trains :data:`DEFAULT_STEPS`: 1000 for DDPM,
 SMD-jensen and SMD-multisample (the measured DDPM count), 2000 for SMD-energy (its 4-step KL
-is flat between 1500 and 2000 steps at ~2 nats; no setting of the zoo's probes got it below 1.9, see the
-zoo's notes).  Why (``benchmarks/results/bench_energy_beta.md``): on the chain's last jump
+is flat between 1500 and 2000 steps at ~2 nats; no setting of the zoo's probes got it below
+1.9, see the zoo's notes).  Why (``benchmarks/results/bench_energy_beta.md``): on the chain's last jump
 the energy score of the best beta-tilde Gaussian is within 0.005 +- 0.003 of the exact
 posterior's (about 1% of it) though its KL is 2 nats worse, and the trained models' predictions
 are spread uniformly over the grid's cells (12% within 0.1 of a mode centre, as uniform points;

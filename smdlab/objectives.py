@@ -156,6 +156,9 @@ class Objective:
             if not energy_bandwidths or min(energy_bandwidths) <= 0:
                 raise ValueError(f"energy_bandwidths must be positive numbers; got "
                                  f"{energy_bandwidths}")
+            if self.energy_beta != 1.0:
+                raise ValueError("energy_beta and energy_bandwidths are alternatives (a kernel "
+                                 "score has no distance exponent); set one of them")
         self.energy_bandwidths = energy_bandwidths
         self.kind, self.chain, self.n_samples, self.weighting = kind, chain, n_samples, weighting
         self.energy_space = energy_space

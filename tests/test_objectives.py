@@ -242,3 +242,5 @@ def test_energy_exponent_one_is_the_published_score_and_bad_exponents_are_refuse
     for bad in ((), (0.1, 0.0), (-1.0,)):
         with pytest.raises(ValueError, match="energy_bandwidths"):
             Objective("energy", chain, n_samples=2, energy_bandwidths=bad)
+    with pytest.raises(ValueError, match="alternatives"):
+        Objective("energy", chain, n_samples=2, energy_beta=0.5, energy_bandwidths=(0.1,))
