@@ -48,8 +48,7 @@ def last_jump_spread(mix, kernel, chain, seed: int, n: int = 4000) -> dict:
     x0_hat = kernel.x0_from_output(kernel(x_t, t, eta), x_t, t)
     d = torch.cdist(x0_hat.double(), mix.means.double()).min(1).values
     return {"t": t1, "within_0.05": float((d < 0.05).double().mean()),
-            "within_0.1": float((d < 0.1).double().mean()), "median_distance": float(d.median()),
-            "energy_score": last_jump_energy_scores(mix, kernel, chain, seed)}
+            "within_0.1": float((d < 0.1).double().mean()), "median_distance": float(d.median())}
 
 
 @torch.no_grad()
@@ -145,7 +144,8 @@ def one(beta: float, M: int, steps: int, S: int, seed: int, recipe_changes: dict
     x = draw_samples(kernel, chain, 1000, seed)
     ok = torch.isfinite(x).all(-1)
     m = sample_metrics(mix, x[ok], generator=torch.Generator().manual_seed(seed))
-    spread = last_jump_spread(mix, kernel, chain, seed)
+    spread = {**last_jump_spread(mix, kernel, chain, seed),
+              "energy_score": last_jump_energy_scores(mix, kernel, chain, seed)}
     if figure is not None:
         transport_figure(mix, kernel, chain, figure,
                          f"SMD-energy, {S}-step chain, beta {beta:g}, seed {seed}, "

@@ -168,6 +168,9 @@ class Recipe:
         if self.t_sampling not in T_SAMPLINGS:
             raise ValueError(f"recipe.t_sampling must be one of {T_SAMPLINGS}; got "
                              f"{self.t_sampling!r}")
+        if self.energy_bandwidths is not None:      # a JSON list, say: keep the recipe hashable
+            object.__setattr__(self, "energy_bandwidths",
+                               tuple(float(h) for h in self.energy_bandwidths))
         if self.latent not in LATENTS:
             raise ValueError(f"recipe.latent must be one of {LATENTS}; got {self.latent!r}")
         if self.n_codes < 1:

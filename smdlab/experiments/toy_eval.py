@@ -59,21 +59,26 @@ def draw_samples(kernel, chain: NoiseSchedule, n: int, seed: int) -> torch.Tenso
     g = torch.Generator().manual_seed(seed)
     x_T = torch.randn(n, kernel_dim(kernel), generator=g, dtype=torch.float64)
     after_x_T = g.get_state()
+    whole = _sample_or_none(kernel, x_T, chain, g)
+    if whole is not None:
+        return whole
+    g.set_state(after_x_T)                  # the stream a non-diverging draw would have used
+    out = torch.full_like(x_T, math.nan)
+    for i in range(0, n, DIVERGE_CHUNK):
+        part = _sample_or_none(kernel, x_T[i:i + DIVERGE_CHUNK], chain, g)
+        if part is not None:
+            out[i:i + DIVERGE_CHUNK] = part
+    return out
+
+
+def _sample_or_none(kernel, x_T, chain, g):
+    """ancestral_sample, or None when the chain meets non-finite values (other errors raise)."""
     try:
         return ancestral_sample(kernel, x_T, chain, generator=g)
     except ValueError as e:
         if "finite" not in str(e):
             raise
-    g.set_state(after_x_T)                  # the stream a non-diverging draw would have used
-    out = torch.full_like(x_T, math.nan)
-    for i in range(0, n, DIVERGE_CHUNK):
-        try:
-            out[i:i + DIVERGE_CHUNK] = ancestral_sample(kernel, x_T[i:i + DIVERGE_CHUNK], chain,
-                                                        generator=g)
-        except ValueError as e:
-            if "finite" not in str(e):
-                raise
-    return out
+        return None
 
 
 def sample_seed(model: TrainedModel, sample_S: int) -> int:
