@@ -30,6 +30,8 @@ import math
 import torch
 from torch import distributions as td
 
+from . import fastmath
+
 LOG_2PI = math.log(2 * math.pi)
 
 
@@ -189,8 +191,8 @@ class LatentMixture:
         v = self.variances
         comp = -0.5 * ((d * d).sum(-1) / v + self.D * (LOG_2PI + v.log()))
         if not self.weighted:
-            return torch.logsumexp(comp, -1) - math.log(self.L)
-        return torch.logsumexp(comp + self.log_weights, -1)
+            return fastmath.logsumexp(comp, -1) - math.log(self.L)
+        return fastmath.logsumexp(comp + self.log_weights, -1)
 
     def sample(self, generator: torch.Generator | None = None) -> torch.Tensor:
         N = self.means.shape[0]

@@ -22,6 +22,7 @@ import math
 
 import torch
 
+from . import fastmath
 from .distributions import LOG_2PI, Gaussian
 from .mixture import GaussianMixture, check_points
 from .parameterization import check_root_step, eps_from_score, root_jump
@@ -120,7 +121,7 @@ class MixturePosterior:
         const = self.eigvals.log().sum(-1) + self.D * LOG_2PI
 
         def block(xb, xtb, lwb):
-            return torch.logsumexp(lwb - 0.5 * (self._maha(xb, xtb, U, aa, inv_e) + const), -1)
+            return fastmath.logsumexp(lwb - 0.5 * (self._maha(xb, xtb, U, aa, inv_e) + const), -1)
 
         return _blockwise(block, x, self.x_t, self.log_weights, width=self.K * self.D)
 

@@ -15,6 +15,7 @@ import math
 import numpy as np
 import torch
 
+from . import fastmath
 from .distributions import LOG_2PI, Gaussian, LatentMixture, as_gaussian
 from .exact import MixturePosterior
 from .mixture import GaussianMixture
@@ -55,7 +56,7 @@ def cell_volume(axes: list[torch.Tensor]) -> float:
 def _normal_matrix(y: torch.Tensor, mu: torch.Tensor, var: torch.Tensor) -> torch.Tensor:
     """N(y_j; mu_i, var_i) as (N_src, n)."""
     d = y[None, :] - mu[:, None]
-    return torch.exp(-0.5 * (d * d / var[:, None] + LOG_2PI + var.log()[:, None]))
+    return fastmath.exp(-0.5 * (d * d / var[:, None] + LOG_2PI + var.log()[:, None]))
 
 
 def _push_axis_aligned(axes, mass, mu, var, chunk: int = 8192) -> torch.Tensor:
@@ -84,7 +85,7 @@ def _push_full(axes, mass, mu, cov, chunk: int = 256) -> torch.Tensor:
         z = torch.linalg.solve_triangular(L[:, None], d[..., None], upper=False)[..., 0]
         logdet = 2 * torch.diagonal(L, dim1=-2, dim2=-1).log().sum(-1)
         logp = -0.5 * ((z * z).sum(-1) + logdet[:, None] + y.shape[1] * LOG_2PI)
-        out += mass[i:i + chunk] @ logp.exp()
+        out += mass[i:i + chunk] @ fastmath.exp(logp)
     return out.reshape(*[a.numel() for a in axes])
 
 

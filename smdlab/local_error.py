@@ -58,6 +58,7 @@ import numpy as np
 import torch
 from tqdm import tqdm  # the plain bar: tqdm.auto warns in kernels without ipywidgets
 
+from . import fastmath
 from .distributions import Gaussian, LatentMixture, as_gaussian, step_mean
 from .exact import (
     MixturePosterior,
@@ -190,7 +191,7 @@ def _sample_with_components(post: MixturePosterior, n_mc: int, generator):
 
 def mixture_log_prob(mixture: GaussianMixture, x: torch.Tensor) -> torch.Tensor:
     """log q(x) (N,) through the eigenbasis (faster than torch.distributions for many components)."""
-    return torch.logsumexp(mixture.component_log_prob(x) + mixture.weights.log(), -1)
+    return fastmath.logsumexp(mixture.component_log_prob(x) + mixture.weights.log(), -1)
 
 
 def _widened(mixture: GaussianMixture, log_ab: float):

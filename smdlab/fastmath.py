@@ -1,0 +1,57 @@
+"""exp and logsumexp for the exact half's evaluations, the same values as torch's, faster.
+
+On CPU, ``torch.exp`` takes a slow path for arguments below the underflow threshold: measured on
+one thread (float64, 2M elements), arguments spread over [-2000, 0] take 49 ms against 1.3 ms
+for arguments inside [-700, 0], and a row of ``-inf`` takes 11 ms.  The exact half meets such
+arguments all the time: Gaussian densities of narrow components evaluated far from their means
+(the grid route's normal matrices) and log-sum-exps over many components of which most lie
+hundreds of nats below the largest (E3's 256-component posteriors: 121 of its 205 s were
+``torch.logsumexp``).
+
+:func:`exp` returns exactly ``torch.exp(x)`` (bit for bit: the arguments whose result is a
+subnormal number are recomputed by ``torch.exp`` itself, and those below the underflow limit are
+0 in both); :func:`logsumexp` returns ``torch.logsumexp(x, dim)`` up to terms below
+``exp(-700)`` relative to the largest, which cannot change a double sum that already holds 1
+(in the tests, bit for bit).  Neither is meant for training code (the objectives keep torch's
+functions, whose gradients they were tuned with).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+# Below FAST_MIN the fast route clamps; below ZERO_BELOW exp underflows to exactly 0.
+_FAST_MIN = {torch.float64: -700.0, torch.float32: -80.0}
+_ZERO_BELOW = {torch.float64: -746.0, torch.float32: -105.0}
+
+
+def _limits(x: torch.Tensor) -> tuple[float, float]:
+    return _FAST_MIN.get(x.dtype, -80.0), _ZERO_BELOW.get(x.dtype, -105.0)
+
+
+def exp(x: torch.Tensor) -> torch.Tensor:
+    """``torch.exp(x)`` (a new tensor, the same values bit for bit), without torch's slow path
+    for arguments that underflow."""
+    lo, zero = _limits(x)
+    out = x.clamp_min(lo).exp_()
+    below = x < lo
+    if below.any():
+        out.masked_fill_(below, 0.0)
+        band = below & (x > zero)           # results that are subnormal (or nearly): exactly
+        if band.any():
+            out[band] = x[band].exp()
+    return out
+
+
+def logsumexp(x: torch.Tensor, dim: int = -1) -> torch.Tensor:
+    """``torch.logsumexp(x, dim)`` (rows of -inf give -inf, +inf gives +inf, NaN propagates),
+    with the terms more than 700 nats (float32: 80) below their row's largest clamped there
+    instead of underflowing on torch's slow path."""
+    lo, _ = _limits(x)
+    m = x.amax(dim, keepdim=True)
+    shift = m.masked_fill(~torch.isfinite(m), 0.0)
+    s = (x - shift).clamp_min_(lo).exp_().sum(dim).log_()
+    m, shift = m.squeeze(dim), shift.squeeze(dim)
+    return s.add_(shift).masked_fill_(m == -math.inf, -math.inf)
