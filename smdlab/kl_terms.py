@@ -75,32 +75,42 @@ class Strata:
 
 
 def _log_int_p4_q3_iso(mu_p, v_p, mu_q, lam_q, U_q, aligned):
-    """log int N(x; mu_p, v_p I)^4 N(x; mu_q, diag-in-U_q(lam_q))^-3 dx (N,); inf if divergent.
+    """log int N(x; mu_p, v_p I)^4 N(x; mu_q, diag-in-U_q(lam_q))^-3 dx; inf if divergent.
 
     Closed form per eigen-direction (a Renyi divergence of order 4): with s = 4 lam - 3 v,
-    6 z^2 / s - log(s)/2 - 3/2 log v + 2 log lam, z the mean offset in the direction."""
+    6 z^2 / s - log(s)/2 - 3/2 log v + 2 log lam, z the mean offset in the direction.  Shapes
+    broadcast: mu_p, mu_q (..., D), v_p (...), lam_q (..., D), U_q (..., D, D) -> (...)."""
     z = mu_p - mu_q
     if not aligned:
-        z = z @ U_q
-    s = 4 * lam_q - 3 * v_p[:, None]                                       # (N, D)
+        z = z @ U_q if z.ndim == 2 else (z.unsqueeze(-2) @ U_q).squeeze(-2)
+    s = 4 * lam_q - 3 * v_p[..., None]                                     # (..., D)
     ok = (s > 0).all(-1)
     s = s.clamp_min(1e-300)
-    val = (6 * z * z / s - 0.5 * s.log() - 1.5 * v_p.log()[:, None] + 2 * lam_q.log()).sum(-1)
+    val = (6 * z * z / s - 0.5 * s.log() - 1.5 * v_p.log()[..., None] + 2 * lam_q.log()).sum(-1)
     return torch.where(ok, val, torch.full_like(val, math.inf))
 
 
-def _log_int_p4_q3_full(mu_p, S_p, mu_q, C_q):
-    """The same for a full covariance S_p (N, D, D) and C_q (D, D)."""
+def _log_int_p4_q3_full(mu_p, S_p, mu_q, C_q, logdet_p=None):
+    """The same for a full covariance: mu_p (N, 1, D), S_p (N, 1, D, D), mu_q (N, k, D) and
+    C_q (k, D, D) -> (N, k) (or unbatched: (N, D), (N, D, D), (N, D), (D, D) -> (N,));
+    logdet_p: log det S_p when already known."""
     Sa = 4 * C_q - 3 * S_p
     L, info = torch.linalg.cholesky_ex(Sa)
     ok = info == 0
-    L = torch.where(ok[:, None, None], L, torch.eye(S_p.shape[-1], dtype=S_p.dtype).expand_as(L))
+    L = torch.where(ok[..., None, None], L, torch.eye(S_p.shape[-1], dtype=S_p.dtype).expand_as(L))
     d = (mu_p - mu_q)[..., None]
     z = torch.linalg.solve_triangular(L, d, upper=False)[..., 0]
     logdet_a = 2 * torch.diagonal(L, dim1=-2, dim2=-1).log().sum(-1)
-    val = (6 * (z * z).sum(-1) - 0.5 * logdet_a - 1.5 * torch.linalg.slogdet(S_p)[1]
+    if logdet_p is None:
+        logdet_p = torch.linalg.slogdet(S_p)[1]
+    val = (6 * (z * z).sum(-1) - 0.5 * logdet_a - 1.5 * logdet_p
            + 2 * torch.linalg.slogdet(C_q)[1])
     return torch.where(ok, val, torch.full_like(val, math.inf))
+
+
+#: Elements of the (N, components, latent draws, D[, D]) intermediates of ratio_moment_bound per
+#: block of posterior components.
+_RATIO_BLOCK = 1 << 18
 
 
 def ratio_moment_bound(dist, post: MixturePosterior) -> torch.Tensor:
@@ -111,32 +121,43 @@ def ratio_moment_bound(dist, post: MixturePosterior) -> torch.Tensor:
     p = mean_l N_l, p^4 <= mean_l N_l^4 (convexity).  The bound depends
     on x_t only (never on the x_s draws), so choosing an estimator with it keeps it unbiased.
     """
-    N = post.N
+    N, D = post.N, post.D
     best = torch.full((N,), math.inf, dtype=post.x_t.dtype)
+    if isinstance(dist, Gaussian) and not dist.isotropic and D > 16:
+        return best
+    if not isinstance(dist, (Gaussian, LatentMixture)):
+        return best
     means, lw = post.means, post.log_weights
-    jensen = []
-    for k in range(post.K):
-        lam, U = post.eigvals[k], post.eigvecs[k]
+    aa = post.axis_aligned
+    # All components at once, in blocks of components (the values are those of one component
+    # at a time: the same elementwise operations, broadcast).
+    per = N * D * (dist.L if isinstance(dist, LatentMixture) else D if not dist.isotropic else 1)
+    step = max(1, _RATIO_BLOCK // max(1, per))
+    li_all = []
+    if isinstance(dist, Gaussian) and not dist.isotropic:
+        S_p = dist.covariance[:, None]
+        logdet_p = torch.linalg.slogdet(S_p)[1]
+        covs = post.covariances
+    for k0 in range(0, post.K, step):
+        ks = slice(k0, min(post.K, k0 + step))
+        lam, U = post.eigvals[ks], post.eigvecs[ks]
         if isinstance(dist, Gaussian) and dist.isotropic:
-            li = _log_int_p4_q3_iso(dist.mean(), dist.variance, means[:, k], lam, U, post.axis_aligned)
+            li = _log_int_p4_q3_iso(dist.mean()[:, None], dist.variance[:, None], means[:, ks],
+                                    lam, U, aa)
         elif isinstance(dist, Gaussian):
-            if post.D > 16:
-                return best
-            li = _log_int_p4_q3_full(dist.mean(), dist.covariance, means[:, k],
-                                     post.covariances[k])
-        elif isinstance(dist, LatentMixture):
-            # p^4 = (sum_l w_l N_l)^4 <= sum_l w_l N_l^4 (convexity), equal or unequal weights
-            per_l = torch.stack([_log_int_p4_q3_iso(dist.means[:, j], dist.variances[:, j],
-                                                    means[:, k], lam, U, post.axis_aligned)
-                                 for j in range(dist.L)], -1)
-            li = (torch.logsumexp(per_l + dist.log_weights, -1) if dist.weighted
-                  else torch.logsumexp(per_l, -1) - math.log(dist.L))
+            li = _log_int_p4_q3_full(dist.mean()[:, None], S_p, means[:, ks], covs[ks],
+                                     logdet_p=logdet_p)
         else:
-            return best
-        best = torch.minimum(best, li - 3 * lw[:, k])
-        jensen.append(li + lw[:, k])
+            # p^4 = (sum_l w_l N_l)^4 <= sum_l w_l N_l^4 (convexity), equal or unequal weights
+            per_l = _log_int_p4_q3_iso(dist.means[:, None], dist.variances[:, None],
+                                       means[:, ks, None], lam[:, None], U[:, None], aa)
+            li = (torch.logsumexp(per_l + dist.log_weights[:, None], -1) if dist.weighted
+                  else torch.logsumexp(per_l, -1) - math.log(dist.L))         # (N, k)
+        li_all.append(li)
+    li = torch.cat(li_all, -1)                                              # (N, K)
+    best = (li - 3 * lw).amin(-1)
     # Also 1/q^3 = (sum_k r_k N_k)^-3 <= sum_k r_k N_k^-3 (convexity): tight when components overlap.
-    return torch.minimum(best, torch.logsumexp(torch.stack(jensen, -1), -1))
+    return torch.minimum(best, torch.logsumexp(li + lw, -1))
 
 
 @dataclass

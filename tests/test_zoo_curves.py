@@ -67,6 +67,29 @@ def test_a_model_trained_by_a_worker_process_equals_one_trained_here(tmp_path):
             assert torch.equal(x, y)
 
 
+def test_several_zoos_train_in_one_pool_as_they_would_alone(tmp_path):
+    """toy_zoos (the lab's first phase: E10's mixture zoo beside the shared one) gives each zoo
+    the models toy_zoo gives it alone, and a model two zoos share is trained once."""
+    from smdlab.experiments import Outputs
+    from smdlab.experiments.toy_zoo import clear_memory_cache, toy_zoo, toy_zoos
+
+    a = dataclasses.replace(_zoo(2), workers=2, chains=(4,))
+    b = dataclasses.replace(a, kinds=("ddpm",))                     # shares ddpm@4 with a
+    clear_memory_cache()
+    both = toy_zoos([(a, 0, None), (b, 0, None)], Outputs(tmp_path / "one"))
+    assert sorted(both[0]) == [("ddpm", 4, 0), ("smd-energy", 4, 0)]
+    assert sorted(both[1]) == [("ddpm", 4, 0)]
+    assert len(list((tmp_path / "one" / "results" / "models").iterdir())) == 2
+    clear_memory_cache()
+    alone = toy_zoo(a, Outputs(tmp_path / "alone"), 0)
+    for member, tm in alone.items():
+        for x, y in zip(tm.kernel.state_dict().values(),
+                        both[0][member].kernel.state_dict().values()):
+            assert torch.equal(x, y)
+    assert both[1]["ddpm", 4, 0].curve.points == both[0]["ddpm", 4, 0].curve.points
+    clear_memory_cache()
+
+
 def test_snapshots_are_checksummed_and_a_corrupt_one_is_a_clear_error(tmp_path):
     import pytest
 

@@ -4,8 +4,9 @@
 two experiments side by side take about half the wall time of one after the other.  The order of
 work:
 
-1. :func:`prepare_shared` trains the shared toy models first (by ``zoo.workers`` processes of
-   one thread each, see :mod:`smdlab.experiments.toy_zoo`), and the same workers score each
+1. :func:`prepare_shared` trains the shared toy models first (every zoo's in one pool of
+   ``zoo.workers`` processes of one thread each, see :mod:`smdlab.experiments.toy_zoo`; E10's
+   mixture kernels beside the zoo of E6-E9), and the same workers score each
    model as E6 and E8 will ask (:func:`evaluation_plans`; the scores are stored beside the
    models, :mod:`smdlab.experiments.toy_eval`), so that the experiments that use the models (E6,
    E7, E8, E9, E10) only reload them and their scores, and no two processes ever train or score
@@ -86,10 +87,10 @@ def prepare_shared(names, cfgs: dict, out: Outputs) -> None:
     evaluations E6 and E8 will ask for (:func:`evaluation_plans`), by the zoo's worker
     processes; the experiments then read both from the models' folders."""
     from .toy_config import ToyZoo
-    from .toy_zoo import toy_zoo
+    from .toy_zoo import toy_zoos
 
     plans = evaluation_plans(names, cfgs)
-    done = []
+    requests, done = [], set()
     for name in names:
         cfg = cfgs[name]
         zoo = getattr(cfg, "zoo", None)
@@ -97,8 +98,10 @@ def prepare_shared(names, cfgs: dict, out: Outputs) -> None:
             continue
         key = (repr(zoo), getattr(cfg, "seed", 0))
         if key not in done:
-            done.append(key)
-            toy_zoo(zoo, out, getattr(cfg, "seed", 0), plan=plans.get(key))
+            done.add(key)
+            requests.append((zoo, getattr(cfg, "seed", 0), plans.get(key)))
+    if requests:            # one pool for all of them (E10's mixture zoo beside E6-E9's)
+        toy_zoos(requests, out)
 
 
 def run_one(name: str, cfg, out: Outputs):

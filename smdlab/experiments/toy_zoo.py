@@ -388,27 +388,47 @@ def toy_zoo(zoo: ToyZoo, out: Outputs, seed: int = 0, plan: dict | None = None) 
     ``zoo.workers > 1`` each worker scores its model right after training (or reloading) it, so
     that the experiments that ask for those evaluations later read them from the model's folder;
     the models without pending training or scores are not sent to a worker."""
+    return toy_zoos([(zoo, seed, plan)], out)[0]
+
+
+def toy_zoos(requests, out: Outputs) -> list[dict]:
+    """:func:`toy_zoo` for several zoos at once, ``requests`` [(zoo, seed, plan)]: the models
+    of all of them that need training or scores go to ONE pool of worker processes (the most
+    ``workers`` any of the zoos asks for), longest first, so that the workers do not wait for
+    one zoo's last model before starting the next zoo's (E10's mixture kernels train beside the
+    shared zoo of E6-E9).  Returns one {(kind, S, seed_index): TrainedModel} per request."""
     models_dir = out.results / "models"
-    wanted = members(zoo)
-    plan = plan or {}
-    todo = [(k, S, i) for k, S, i in wanted
-            if (str(models_dir), model_key(zoo, k, S, seed + i)) not in _MEMORY
-            or plan.get((k, S, i))]
+    jobs, plans, sent = [], {}, {}
+    for zoo, seed, plan in requests:
+        plan = plan or {}
+        for k, S, i in members(zoo):
+            mkey = (str(models_dir), model_key(zoo, k, S, seed + i))
+            if mkey not in _MEMORY or plan.get((k, S, i)):
+                reqs = plan.get((k, S, i), [])
+                if mkey in sent:        # one model asked for by two zoos: one worker, both plans
+                    have = plans[sent[mkey]]
+                    have.extend(r for r in reqs if r not in have)
+                    continue
+                sent[mkey] = (repr(zoo), k, S, seed + i)
+                jobs.append((zoo, k, S, seed + i))
+                plans[sent[mkey]] = list(reqs)
+    workers = max((zoo.workers for zoo, _, _ in requests), default=1)
     in_workers = set()
-    if zoo.workers > 1 and len(todo) > 1:
-        done = train_parallel(zoo, [(k, S, seed + i) for k, S, i in todo], models_dir,
-                              zoo.workers, {(k, S, seed + i): plan.get((k, S, i), [])
-                                            for k, S, i in todo})
-        in_workers = {(k, S, s) for k, S, s, trained in done if trained}
-    found = {}
-    for kind, S, i in wanted:
-        mkey = (str(models_dir), model_key(zoo, kind, S, seed + i))
-        if mkey not in _MEMORY:
-            _MEMORY[mkey] = train_one(zoo, kind, S, seed + i, models_dir)
-            if (kind, S, seed + i) in in_workers:    # trained just now, not found in the cache
-                _MEMORY[mkey].cached = False
-        found[kind, S, i] = _MEMORY[mkey]
-    return found
+    if workers > 1 and len(jobs) > 1:
+        done = _train_pool(jobs, models_dir, workers, plans)
+        in_workers = {model_key(zoo, k, S, s) for zoo, k, S, s, trained in done if trained}
+    results = []
+    for zoo, seed, _ in requests:
+        found = {}
+        for kind, S, i in members(zoo):
+            mkey = (str(models_dir), model_key(zoo, kind, S, seed + i))
+            if mkey not in _MEMORY:
+                _MEMORY[mkey] = train_one(zoo, kind, S, seed + i, models_dir)
+                if mkey[1] in in_workers:    # trained just now, not found in the cache
+                    _MEMORY[mkey].cached = False
+            found[kind, S, i] = _MEMORY[mkey]
+        results.append(found)
+    return results
 
 
 def unconverged_note(models: dict, S: int | None = None) -> str:
@@ -461,10 +481,23 @@ def train_parallel(zoo: ToyZoo, jobs, models_dir: Path, workers: int,
     one thread each (longest first), each then scoring its model as ``plan[(kind, S, seed)]``
     asks (:func:`.toy_eval.run_plan`); returns [(kind, S, seed, trained now)]."""
     plan = plan or {}
-    jobs = sorted(jobs, key=lambda j: -_job_cost(zoo, j[0], j[1], plan.get(tuple(j), [])))
+    done = _train_pool([(zoo, k, S, s) for k, S, s in jobs], models_dir, workers,
+                       {(repr(zoo), k, S, s): plan.get((k, S, s), [])
+                        for k, S, s in jobs})
+    return [(k, S, s, trained) for _, k, S, s, trained in done]
+
+
+def _train_pool(jobs, models_dir: Path, workers: int, plans: dict) -> list:
+    """jobs [(zoo, kind, S, seed)] (the zoos may differ), trained and scored (plans
+    {(repr(zoo), kind, S, seed): requests}) by ``workers`` spawned processes, the costliest
+    first (:func:`_job_cost`); returns [(zoo, kind, S, seed, trained now)], costliest first."""
+    def requests(j):
+        return plans.get((repr(j[0]), *j[1:]), [])
+
+    jobs = sorted(jobs, key=lambda j: -_job_cost(j[0], j[1], j[2], requests(j)))
     ctx = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(max_workers=workers, mp_context=ctx,
                              initializer=_worker_init) as pool:
-        return list(pool.map(_train_in_worker,
-                             [(zoo, k, S, s, str(models_dir), plan.get((k, S, s), []))
-                              for k, S, s in jobs]))
+        done = list(pool.map(_train_in_worker,
+                             [(*j, str(models_dir), requests(j)) for j in jobs]))
+    return [(zoo, *d) for (zoo, *_), d in zip(jobs, done)]
