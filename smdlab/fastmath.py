@@ -31,18 +31,34 @@ def _limits(x: torch.Tensor) -> tuple[float, float]:
     return _FAST_MIN.get(x.dtype, -80.0), _ZERO_BELOW.get(x.dtype, -105.0)
 
 
+def _any(mask: torch.Tensor) -> bool:
+    """mask.any(), faster: a bool tensor's any() is a slow reduction on CPU (0.85 ms against
+    0.013 ms for the max of its bytes, 1M elements)."""
+    return mask.numel() > 0 and bool(mask.reshape(-1).view(torch.uint8).amax())
+
+
 def exp(x: torch.Tensor) -> torch.Tensor:
     """``torch.exp(x)`` (a new tensor, the same values bit for bit), without torch's slow path
     for arguments that underflow."""
+    return exp_(x.clone())
+
+
+def exp_(x: torch.Tensor) -> torch.Tensor:
+    """:func:`exp` in place: ``x`` becomes ``torch.exp(x)`` (bit for bit) and is returned."""
+    if not x.is_contiguous():
+        return x.copy_(exp_(x.contiguous()))
     lo, zero = _limits(x)
-    out = x.clamp_min(lo).exp_()
     below = x < lo
-    if below.any():
-        out.masked_fill_(below, 0.0)
-        band = below & (x > zero)           # results that are subnormal (or nearly): exactly
-        if band.any():
-            out[band] = x[band].exp()
-    return out
+    if not _any(below):
+        return x.exp_()
+    flat = x.reshape(-1)
+    band = (below & (x > zero)).reshape(-1)    # results that are subnormal (or nearly): exactly
+    idx = band.nonzero()[:, 0] if _any(band) else None
+    exact = flat[idx].exp() if idx is not None else None
+    x.clamp_min_(lo).exp_().masked_fill_(below, 0.0)
+    if idx is not None:
+        x.view(-1)[idx] = exact
+    return x
 
 
 def logsumexp(x: torch.Tensor, dim: int = -1) -> torch.Tensor:

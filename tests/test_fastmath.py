@@ -68,6 +68,18 @@ def test_logsumexp_special_rows():
     assert got[3] == 0.0 and got[4] == 0.0
 
 
+def test_exp_in_place_and_on_strided_tensors():
+    x = torch.linspace(-800.0, 5.0, 4000, dtype=torch.float64).reshape(40, 100)
+    want = x.exp()
+    t = x.t()                                       # not contiguous
+    assert torch.equal(fastmath.exp(t), want.t())
+    y = x.clone()
+    assert fastmath.exp_(y) is y and torch.equal(y, want)
+    z = x.clone().t()
+    fastmath.exp_(z)
+    assert torch.equal(z, want.t())
+
+
 def test_exp_far_below_underflow_is_zero_and_subnormals_exact():
     x = torch.linspace(-760.0, -690.0, 20001, dtype=torch.float64)
     assert torch.equal(fastmath.exp(x), x.exp())

@@ -276,7 +276,7 @@ def train_one(zoo: ToyZoo, kind: str, S: int, seed: int, models_dir: Path) -> Tr
     chain = zoo.chain(S)
     mix = zoo.target.mixture()
     key = model_key(zoo, kind, S, seed)
-    run_dir = Path(models_dir) / f"{kind}-S{S}-seed{seed}-{key}"
+    run_dir = model_dir(zoo, kind, S, seed, models_dir)
     tseed = model_seed(kind, S, seed)
     torch.manual_seed(tseed)
     model, objective = build(zoo, kind, chain)
@@ -331,6 +331,18 @@ def train_one(zoo: ToyZoo, kind: str, S: int, seed: int, models_dir: Path) -> Tr
             snaps[step] = k
     return TrainedModel(kind, S, seed, kernel, key, snaps, res.log, count_parameters(kernel),
                         seconds, res.resumed_from == steps, run_dir, curve, steps)
+
+
+def model_dir(zoo: ToyZoo, kind: str, S: int, seed: int, models_dir: Path) -> Path:
+    """The run folder of one model under ``models_dir``."""
+    return Path(models_dir) / f"{kind}-S{S}-seed{seed}-{model_key(zoo, kind, S, seed)}"
+
+
+def trained_on_disk(zoo: ToyZoo, kind: str, S: int, seed: int, models_dir: Path) -> bool:
+    """Whether the model's finished run (its last checkpoint) is in ``models_dir``: reloading
+    it then needs no worker process (a damaged file is still handled, by :func:`train_one`)."""
+    steps = zoo.steps_for(kind, S)
+    return (model_dir(zoo, kind, S, seed, models_dir) / f"ckpt_{steps:08d}.pt").exists()
 
 
 def save_snapshot(path: Path, ema, step: int) -> Path:
@@ -403,7 +415,10 @@ def toy_zoos(requests, out: Outputs) -> list[dict]:
         plan = plan or {}
         for k, S, i in members(zoo):
             mkey = (str(models_dir), model_key(zoo, k, S, seed + i))
-            if mkey not in _MEMORY or plan.get((k, S, i)):
+            # To a worker: what needs training or scores; a finished run on disk is reloaded
+            # here (a pool only to reload cost each experiment process ~15 s, measured).
+            if (mkey not in _MEMORY and not trained_on_disk(zoo, k, S, seed + i, models_dir)) \
+                    or plan.get((k, S, i)):
                 reqs = plan.get((k, S, i), [])
                 if mkey in sent:        # one model asked for by two zoos: one worker, both plans
                     have = plans[sent[mkey]]
