@@ -59,7 +59,7 @@ class Gaussian:
             if cov.ndim not in (2, 3) or cov.shape[-2:] != (D, D) or \
                     (cov.ndim == 3 and cov.shape[0] not in (1, N)):
                 raise ValueError(f"covariance must be (N, D, D) or (D, D); got {tuple(cov.shape)}")
-            if not torch.isfinite(cov).all():
+            if not fastmath.all_finite(cov):
                 raise ValueError("covariance must be finite; got NaN or inf")
             self.covariance = cov.expand(N, D, D)
             self.variance = None
@@ -164,7 +164,7 @@ class LatentMixture:
                 raise ValueError(f"a per-component variance must be (N, L) = ({N}, {self.L}); got "
                                  f"{tuple(variance.shape)}")
             var = variance.to(means)
-            if not torch.isfinite(var).all() or (var <= 0).any():
+            if not fastmath.all_finite(var) or var.amin() <= 0:
                 raise ValueError("variance must be finite and positive")
             self.variance, self.variances = None, var
         else:
@@ -222,7 +222,7 @@ def _check_tensor(x, name: str, ndim: int, shape: str) -> None:
         raise TypeError(f"{name} must be a floating-point tensor; got {x.dtype}")
     if x.shape[-1] < 1:
         raise ValueError(f"{name} must have at least one dimension D >= 1; got shape {tuple(x.shape)}")
-    if not torch.isfinite(x).all():
+    if not fastmath.all_finite(x):
         raise ValueError(f"{name} must be finite; got NaN or inf")
 
 

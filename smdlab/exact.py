@@ -138,7 +138,7 @@ class MixturePosterior:
                             f"{type(x).__name__}")
         if x.shape != (self.N, self.D):
             raise ValueError(f"x must have shape (N, D) = ({self.N}, {self.D}); got {tuple(x.shape)}")
-        if not torch.isfinite(x).all():
+        if not fastmath.all_finite(x):
             raise ValueError("x must be finite; got NaN or inf")
 
     def sample(self, generator: torch.Generator | None = None, return_components: bool = False):

@@ -13,6 +13,7 @@ import math
 import torch
 from torch.distributions import Categorical, MixtureSameFamily, MultivariateNormal
 
+from . import fastmath
 from .schedules import _check_real, as_integer
 
 WEIGHT_TOL = 1e-6
@@ -52,7 +53,7 @@ def check_points(x, name: str, D: int, dtype, device, ndim: int | None = 2) -> t
         want = "(N, D)" if ndim == 2 else "(..., D)"
         raise ValueError(f"{name} must have shape {want} with last dimension D={D}; got shape "
                          f"{tuple(x.shape)}")
-    if not torch.isfinite(x).all():
+    if not fastmath.all_finite(x):
         raise ValueError(f"{name} must be finite; got NaN or inf")
     L = value_limits(x.dtype)[0]
     if x.numel() and x.abs().max() > L:

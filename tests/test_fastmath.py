@@ -84,3 +84,12 @@ def test_exp_far_below_underflow_is_zero_and_subnormals_exact():
     x = torch.linspace(-760.0, -690.0, 20001, dtype=torch.float64)
     assert torch.equal(fastmath.exp(x), x.exp())
     assert (fastmath.exp(torch.tensor([-800.0, -math.inf], dtype=torch.float64)) == 0).all()
+
+
+@settings(max_examples=100, deadline=None)
+@given(data=st.data())
+def test_all_finite_is_isfinite_all(data):
+    x = data.draw(tensors(torch.float64))
+    assert fastmath.all_finite(x) == bool(torch.isfinite(x).all())
+    assert fastmath.all_finite(x.to(torch.float32)) == bool(torch.isfinite(x.to(torch.float32)).all())
+    assert fastmath.all_finite(torch.empty(0, 3))

@@ -97,6 +97,17 @@ def _aggregate(rows: list[dict]) -> dict:
     return out
 
 
+def _all_S(cfg: MixtureConfig) -> list[int]:
+    zc = cfg.zoo
+    sweep = sorted(set(cfg.sweep) | {S for S in zc.chains if S < zc.T})
+    return sweep + ([zc.T] if zc.T in zc.chains else [])
+
+
+def reference_plan(cfg: MixtureConfig) -> list:
+    """The reference scores :func:`run` asks for (see :func:`.e6_toy.reference_plan`)."""
+    return [("refs", cfg.zoo, cfg.eval, S, 101) for S in _all_S(cfg)]
+
+
 @register("e10", "A latent kernel that works at few steps: the mixture kernel trained by exact "
           "likelihood against every Gaussian kernel", MixtureConfig)
 def run(cfg: MixtureConfig, out: Outputs) -> ExperimentResult:
@@ -104,9 +115,8 @@ def run(cfg: MixtureConfig, out: Outputs) -> ExperimentResult:
     zc, sizes = cfg.zoo, cfg.eval
     iw = IWSizes(min_steps=zc.T, n_points=cfg.iw_points, Ks=tuple(cfg.iw_Ks))
     models = toy_zoo(zc, out, cfg.seed)
-    sweep = sorted(set(cfg.sweep) | {S for S in zc.chains if S < zc.T})
-    all_S = sweep + ([zc.T] if zc.T in zc.chains else [])
-    refs = references(zc, sizes, all_S)
+    all_S = _all_S(cfg)
+    refs = references(zc, sizes, all_S, models_dir=out.results / "models")
     respaced, own = {}, {}
     if zc.T in zc.chains:
         seeds = sorted(i for (k, S, i) in models if S == zc.T)

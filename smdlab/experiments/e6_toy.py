@@ -69,6 +69,15 @@ def evaluation_plan(cfg: ToyConfig) -> dict:
     return plan
 
 
+def reference_plan(cfg: ToyConfig) -> list:
+    """The reference scores :func:`run` asks for, in the form of
+    :func:`.toy_eval.run_reference_plan` (the lab's first phase computes and stores them)."""
+    zc, iw = cfg.zoo, iw_sizes(cfg.eval)
+    chains = sorted(set(zc.chains))
+    return [("refs", zc, cfg.eval, S, 101) for S in chains] + \
+        [("iw", zc, iw, S) for S in chains if S >= iw.min_steps]
+
+
 @register("e6", "Toy reproduction: 7x7 grid, DDPM vs SMD (three objectives), few-step chains",
           ToyConfig)
 def run(cfg: ToyConfig, out: Outputs) -> ExperimentResult:
@@ -93,7 +102,7 @@ def run(cfg: ToyConfig, out: Outputs) -> ExperimentResult:
                 samples_for_plot[kind, S, Sf] = x
             rows.append({"kind": kind, "train_S": S, "sample_S": Sf, "seed": i, **r,
                          "params": tm.params, "train_seconds": tm.seconds})
-    refs = references(zc, sizes, sorted(set(zc.chains)))
+    refs = references(zc, sizes, sorted(set(zc.chains)), models_dir=out.results / "models")
     # ---- the global KL of the long chains: IW upper bounds (seed 0 of each full-chain model)
     iw = iw_sizes(sizes)
     t_iw = time.perf_counter()
@@ -102,7 +111,7 @@ def run(cfg: ToyConfig, out: Outputs) -> ExperimentResult:
     iw_rows = [{"kind": kind, "train_S": S, "sample_S": S, "seed": i,
                 **evaluate_iw(tm, zc, S, iw), "model_converged": tm.converged}
                for (kind, S, i), tm in zoo.items() if i == 0 and S >= iw.min_steps]
-    iw_refs = references_iw(zc, iw, sorted(set(zc.chains)))
+    iw_refs = references_iw(zc, iw, sorted(set(zc.chains)), models_dir=out.results / "models")
     iw_seconds = time.perf_counter() - t_iw
     # ---- snapshots over training (seed 0, each model on its own chain)
     snap_samples = {}
@@ -251,7 +260,7 @@ def _aggregate(rows: list[dict]) -> list[dict]:
     table = []
     for (kind, tS, sS), rs in groups.items():
         entry = {"kind": kind, "train_S": tS, "sample_S": sS, "n_seeds": len(rs)}
-        for key in ("kl", "in_mode_share", "occupancy_tv", "mmd", "sw2", "nll"):
+        for key in ("kl", "in_mode_share", "occupancy_tv", "mmd", "sw2", "nll", "nll_excess"):
             vals = [r[key] for r in rs if key in r]
             if vals:
                 entry[key], entry[key + "_sd"] = mean_spread(vals)
@@ -333,20 +342,25 @@ def _summary(cfg, table, refs, data):
              "resolve the chain, no value; SMD kinds: the jackknife of 8 pushes with fresh latent "
              "draws, s.e. of the seed mean given), on the long chain the importance-weighted upper "
              "bound (<= B_K ± se at the largest K, seed 0; † still falling in K: a loose bound; "
-             "sequence below); in-mode = share of samples within 3 std of a mode centre. "
+             "sequence below); in-mode = share of samples within 3 std of a mode centre; NLL "
+             "excess = E_p[-log q] - H(q) of the same samples (nats; 0 for samples of q, +- its "
+             "sampling noise). "
              f"Mean ± sd over seeds where n > 1. Cuts: {data['cut']}.", "",
-             "| model | trained on | sampled on | seeds | global KL | in-mode share | MMD |",
-             "|---|---|---|---|---|---|---|"]
+             "| model | trained on | sampled on | seeds | global KL | in-mode share | NLL excess "
+             "| MMD |",
+             "|---|---|---|---|---|---|---|---|"]
     for e in sorted(table, key=lambda e: (-e["train_S"], -e["sample_S"], KINDS.index(e["kind"]))):
         kl = _kl_cell(e, iw_models.get((e["kind"], e["train_S"], e["sample_S"])))
         lines.append(f"| {LABELS[e['kind']]} | {e['train_S']} | {e['sample_S']} | {e['n_seeds']} | "
                      f"{kl} | {fmt(e.get('in_mode_share'), e.get('in_mode_share_sd'))} | "
+                     f"{fmt(e.get('nll_excess'), e.get('nll_excess_sd'))} | "
                      f"{fmt(e.get('mmd'), e.get('mmd_sd'))} |")
     for name in REFERENCES:
         for S, r in refs[name].items():
             kl = _kl_cell(r, iw["references"].get(name, {}).get(S))
             lines.append(f"| {LABELS[name]} | - | {S} | - | {kl} | "
-                         f"{fmt(r.get('in_mode_share'))} | {fmt(r.get('mmd'))} |")
+                         f"{fmt(r.get('in_mode_share'))} | {fmt(r.get('nll_excess'))} | "
+                         f"{fmt(r.get('mmd'))} |")
     lines += [""] + _iw_table(iw)
     if any(m["curve"] for m in data["models"]):
         lines += [""] + _models_table(data) + ["", "![E6 learning curves]"

@@ -109,6 +109,13 @@ def evaluation_plan(cfg: FewStepConfig) -> dict:
     return plan
 
 
+def reference_plan(cfg: FewStepConfig) -> list:
+    """The reference scores :func:`run` asks for (see :func:`.e6_toy.reference_plan`)."""
+    all_S = _sweep(cfg)
+    return [("refs", cfg.zoo, cfg.eval, S, cfg.iw_from) for S in all_S] + \
+        [("iw", cfg.zoo, _iw(cfg, S), S) for S in all_S if S >= cfg.iw_from]
+
+
 @register("e8", "Few-step sweep: global error and sample metrics vs sampling steps, with the "
           "oracle Gaussian floor and the exact chain", FewStepConfig)
 def run(cfg: FewStepConfig, out: Outputs) -> ExperimentResult:
@@ -116,10 +123,11 @@ def run(cfg: FewStepConfig, out: Outputs) -> ExperimentResult:
     zc, sizes = cfg.zoo, cfg.eval
     zoo = toy_zoo(zc, out, cfg.seed)
     all_S = _sweep(cfg)
-    refs = references(zc, sizes, all_S, grid_below=cfg.iw_from)
+    refs = references(zc, sizes, all_S, grid_below=cfg.iw_from, models_dir=out.results / "models")
     metrics = ("kl", "in_mode_share", "mmd")
     for S in (S for S in all_S if S >= cfg.iw_from):             # long chains: IW bounds
-        for name, per_S in references_iw(zc, _iw(cfg, S), [S]).items():
+        for name, per_S in references_iw(zc, _iw(cfg, S), [S],
+                                        models_dir=out.results / "models").items():
             r = per_S[S]
             refs[name][S] = {**refs[name][S], "kl": r["kl"], "kl_method": "IW upper bound",
                              "kl_resolved": r["converged"]}

@@ -36,10 +36,11 @@ import torch
 
 from .base import REGISTRY, Outputs
 
-# Wall seconds of each experiment in the last full run (one thread, toy models and their scores
-# cached): the longest start first so the processes finish together.  Unknown ones count as 60 s.
-EXPECTED_SECONDS = {"e9": 235, "e10": 236, "e3": 228, "e2": 185, "e7": 90, "e4": 61, "e6": 40,
-                    "e5": 34, "e8": 30, "e1": 5}
+# Wall seconds of each experiment in the last full run (one thread, toy models, their scores and
+# the reference chains' scores computed by the first phase): the longest start first so the
+# processes finish together.  Unknown ones count as 60 s.
+EXPECTED_SECONDS = {"e9": 172, "e2": 109, "e10": 95, "e7": 79, "e3": 73, "e4": 42, "e6": 35,
+                    "e5": 22, "e8": 10, "e1": 2}
 
 
 def tasks(names) -> list[tuple[str, ...]]:
@@ -82,6 +83,24 @@ def evaluation_plans(names, cfgs: dict) -> dict:
     return plans
 
 
+def reference_plans(names, cfgs: dict) -> list:
+    """The reference scores the chosen experiments will ask for (those with a
+    ``reference_plan``: E6, E8, E10), each once, for the first phase's pool."""
+    from . import e6_toy, e8_few_steps, e10_mixture
+
+    planners = {"e6": e6_toy.reference_plan, "e8": e8_few_steps.reference_plan,
+                "e10": e10_mixture.reference_plan}
+    seen, plan = set(), []
+    for name in names:
+        if name in planners:
+            for req in planners[name](cfgs[name]):
+                key = repr(req)
+                if key not in seen:
+                    seen.add(key)
+                    plan.append(req)
+    return plan
+
+
 def prepare_shared(names, cfgs: dict, out: Outputs) -> None:
     """Train (or reload) the toy models that the chosen experiments share, once, and compute the
     evaluations E6 and E8 will ask for (:func:`evaluation_plans`), by the zoo's worker
@@ -101,7 +120,7 @@ def prepare_shared(names, cfgs: dict, out: Outputs) -> None:
             done.add(key)
             requests.append((zoo, getattr(cfg, "seed", 0), plans.get(key)))
     if requests:            # one pool for all of them (E10's mixture zoo beside E6-E9's)
-        toy_zoos(requests, out)
+        toy_zoos(requests, out, reference_plans(names, cfgs))
 
 
 def run_one(name: str, cfg, out: Outputs):

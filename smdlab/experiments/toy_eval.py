@@ -16,6 +16,7 @@ estimator's settings (or of EVAL_VERSION, bumped with its code) never reuses an 
 
 from __future__ import annotations
 
+import functools
 import math
 import warnings
 from dataclasses import dataclass
@@ -269,9 +270,42 @@ def reference_kernel(name: str, mix, zoo: ToyZoo, chain: NoiseSchedule):
 _REFS: dict = {}
 
 
-def references(zoo: ToyZoo, sizes: ToyEval, S_list, grid_below: int = 101) -> dict:
-    """Reference chains at each number of steps: {name: {S: metrics}} (memoised by content; the
-    grid KL only for S < grid_below, at most 100 steps)."""
+def _stored_reference(models_dir, tag: str, key: tuple, compute):
+    """compute() of a reference chain's score, read from ``models_dir/references/`` when a
+    process of this run (or an earlier one, with the same estimator settings) stored it there,
+    else computed and stored (atomically, checksummed).  The references are deterministic
+    (REFERENCE_SEED), so who computes one does not change it; E6, E8 and E10 ask for the same
+    ones, and the lab's first phase computes them once in its worker pool."""
+    import hashlib
+
+    from ..checkpoints import CheckpointError, load_checkpoint, save_checkpoint
+
+    if models_dir is None:
+        return compute()
+    fp = estimator_fingerprint()
+    h = hashlib.sha1(f"{key!r}|{fp}".encode()).hexdigest()[:16]
+    path = Path(models_dir) / "references" / f"{tag}-{h}.pt"
+    if path.exists():
+        try:
+            got = load_checkpoint(path)
+            if got["config"].get("reference") == repr(key) and \
+                    got["config"].get("estimator") == fp:
+                return got["config"]["value"]
+        except (CheckpointError, KeyError, AttributeError) as e:
+            warnings.warn(f"cached reference score {path} is unreadable ({e}); recomputing it",
+                          RuntimeWarning, stacklevel=3)
+    value = compute()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_checkpoint(path, {"step": 0, "model": {},
+                           "config": {"reference": repr(key), "value": value, "estimator": fp}})
+    return value
+
+
+def references(zoo: ToyZoo, sizes: ToyEval, S_list, grid_below: int = 101,
+               models_dir=None) -> dict:
+    """Reference chains at each number of steps: {name: {S: metrics}} (memoised by content, and
+    on disk under ``models_dir`` when given, :func:`_stored_reference`; the grid KL only for
+    S < grid_below, at most 100 steps)."""
     mix = zoo.target.mixture()
     out = {}
     for name in REFERENCES:
@@ -282,8 +316,9 @@ def references(zoo: ToyZoo, sizes: ToyEval, S_list, grid_below: int = 101) -> di
                    zoo.model.final_variance, zoo.model.smd_final_variance, grid)
             if key not in _REFS:
                 chain = zoo.chain(S)
-                _REFS[key] = score(mix, reference_kernel(name, mix, zoo, chain), chain, sizes,
-                                   REFERENCE_SEED, grid)[0]
+                kernel = reference_kernel(name, mix, zoo, chain)
+                _REFS[key] = _stored_reference(models_dir, "ref", key, functools.partial(
+                    lambda *a: score(*a)[0], mix, kernel, chain, sizes, REFERENCE_SEED, grid))
             out[name][S] = dict(_REFS[key])
     return out
 
@@ -377,8 +412,25 @@ def run_plan(model: TrainedModel, zoo: ToyZoo, requests) -> None:
                 raise ValueError(f"unknown evaluation request {req!r}")
 
 
-def references_iw(zoo: ToyZoo, iw: IWSizes, S_list) -> dict:
-    """{name: {S: iw_score}} of the reference chains on the chains of >= iw.min_steps steps."""
+def run_reference_plan(request, models_dir) -> None:
+    """Compute (and store under ``models_dir``) one planned reference score: ``("refs", zoo,
+    sizes, S, grid_below)`` or ``("iw", zoo, IWSizes, S)``, as the experiments'
+    ``reference_plan`` functions list them (the lab's first phase runs them in its pool)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        if request[0] == "refs":
+            _, zoo, sizes, S, grid_below = request
+            references(zoo, sizes, [S], grid_below, models_dir)
+        elif request[0] == "iw":
+            _, zoo, iw, S = request
+            references_iw(zoo, iw, [S], models_dir)
+        else:
+            raise ValueError(f"unknown reference request {request!r}")
+
+
+def references_iw(zoo: ToyZoo, iw: IWSizes, S_list, models_dir=None) -> dict:
+    """{name: {S: iw_score}} of the reference chains on the chains of >= iw.min_steps steps
+    (stored under ``models_dir`` when given, as :func:`references`)."""
     mix = zoo.target.mixture()
     out = {}
     for name in REFERENCES:
@@ -390,8 +442,9 @@ def references_iw(zoo: ToyZoo, iw: IWSizes, S_list) -> dict:
                    zoo.model.final_variance, zoo.model.smd_final_variance)
             if key not in _IW:
                 chain = zoo.chain(S)
-                _IW[key] = iw_score(mix, reference_kernel(name, mix, zoo, chain), chain, iw,
-                                    REFERENCE_SEED + 300)
+                kernel = reference_kernel(name, mix, zoo, chain)
+                _IW[key] = _stored_reference(models_dir, "ref-iw", key, functools.partial(
+                    iw_score, mix, kernel, chain, iw, REFERENCE_SEED + 300))
             out[name][S] = dict(_IW[key])
     return out
 

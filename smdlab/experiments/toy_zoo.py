@@ -403,12 +403,15 @@ def toy_zoo(zoo: ToyZoo, out: Outputs, seed: int = 0, plan: dict | None = None) 
     return toy_zoos([(zoo, seed, plan)], out)[0]
 
 
-def toy_zoos(requests, out: Outputs) -> list[dict]:
+def toy_zoos(requests, out: Outputs, reference_requests=()) -> list[dict]:
     """:func:`toy_zoo` for several zoos at once, ``requests`` [(zoo, seed, plan)]: the models
     of all of them that need training or scores go to ONE pool of worker processes (the most
     ``workers`` any of the zoos asks for), longest first, so that the workers do not wait for
     one zoo's last model before starting the next zoo's (E10's mixture kernels train beside the
-    shared zoo of E6-E9).  Returns one {(kind, S, seed_index): TrainedModel} per request."""
+    shared zoo of E6-E9).  ``reference_requests`` (:func:`.toy_eval.run_reference_plan`) are
+    scored by the same pool after the models (small jobs that fill its tail), and stored for
+    the experiments that ask for them.  Returns one {(kind, S, seed_index): TrainedModel} per
+    request."""
     models_dir = out.results / "models"
     jobs, plans, sent = [], {}, {}
     for zoo, seed, plan in requests:
@@ -430,7 +433,7 @@ def toy_zoos(requests, out: Outputs) -> list[dict]:
     workers = max((zoo.workers for zoo, _, _ in requests), default=1)
     in_workers = set()
     if workers > 1 and len(jobs) > 1:
-        done = _train_pool(jobs, models_dir, workers, plans)
+        done = _train_pool(jobs, models_dir, workers, plans, reference_requests)
         in_workers = {model_key(zoo, k, S, s) for zoo, k, S, s, trained in done if trained}
     results = []
     for zoo, seed, _ in requests:
@@ -458,6 +461,17 @@ def unconverged_note(models: dict, S: int | None = None) -> str:
 
 def _worker_init():
     torch.set_num_threads(1)
+
+
+def _pool_task(task):
+    """One job of the first phase's pool: ("model", args of :func:`_train_in_worker`) or
+    ("reference", (request, models_dir)) (:func:`.toy_eval.run_reference_plan`)."""
+    if task[0] == "model":
+        return _train_in_worker(task[1])
+    from .toy_eval import run_reference_plan
+
+    run_reference_plan(*task[1])
+    return None
 
 
 def _train_in_worker(args):
@@ -502,7 +516,8 @@ def train_parallel(zoo: ToyZoo, jobs, models_dir: Path, workers: int,
     return [(k, S, s, trained) for _, k, S, s, trained in done]
 
 
-def _train_pool(jobs, models_dir: Path, workers: int, plans: dict) -> list:
+def _train_pool(jobs, models_dir: Path, workers: int, plans: dict,
+                reference_requests=()) -> list:
     """jobs [(zoo, kind, S, seed)] (the zoos may differ), trained and scored (plans
     {(repr(zoo), kind, S, seed): requests}) by ``workers`` spawned processes, the costliest
     first (:func:`_job_cost`); returns [(zoo, kind, S, seed, trained now)], costliest first."""
@@ -513,6 +528,7 @@ def _train_pool(jobs, models_dir: Path, workers: int, plans: dict) -> list:
     ctx = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(max_workers=workers, mp_context=ctx,
                              initializer=_worker_init) as pool:
-        done = list(pool.map(_train_in_worker,
-                             [(*j, str(models_dir), requests(j)) for j in jobs]))
+        tasks = [("model", (*j, str(models_dir), requests(j))) for j in jobs] + \
+            [("reference", (r, str(models_dir))) for r in reference_requests]
+        done = list(pool.map(_pool_task, tasks))[:len(jobs)]
     return [(zoo, *d) for (zoo, *_), d in zip(jobs, done)]
