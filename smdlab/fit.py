@@ -292,7 +292,7 @@ def fit(target: GaussianMixture, kind: str = "ddpm", schedule: NoiseSchedule | N
     config = TrainConfig(steps=steps, lr=recipe.lr, warmup_steps=min(recipe.warmup_steps, steps),
                          ema_decay=recipe.ema_decay, seed=seed, progress=progress,
                          keep_checkpoints=1, lr_schedule=recipe.lr_schedule,
-                         lr_final=recipe.lr_final, fused=recipe.fused)
+                         lr_final=recipe.lr_final, fused=recipe.fused, flush_denormal=True)
     res = train(model, objective, data, config, run_dir=run_dir, callback=callback,
                 extra_config={"recipe": dataclasses.asdict(recipe), "kind": k,
                               "target": repr(target), "chain": schedule.original_steps.tolist()},

@@ -388,3 +388,32 @@ def test_constant_lr_is_unchanged_and_old_checkpoints_without_the_new_fields_res
         del ck["config"][k]
     save_checkpoint(path, ck)
     assert train(_model(), _loss, _data, _derived(12), run_dir=tmp_path).resumed_from == 10
+
+
+def test_flush_denormal_is_recorded_only_when_on_resumes_bitwise_and_is_switched_off(tmp_path):
+    cfg = TrainConfig(steps=12, lr=3e-3, checkpoint_every=4, seed=1, flush_denormal=True)
+    ref = train(_model(), _loss, _data, cfg, run_dir=tmp_path / "a")
+    tiny = torch.tensor([1e-310], dtype=torch.float64)
+    assert tiny.item() != 0.0 and (tiny * 1.0).item() != 0.0     # the flush is off afterwards
+    with pytest.raises(_Stop):
+        train(_model(), _loss, _data, cfg, run_dir=tmp_path / "b", callback=_stop_at(6))
+    assert (tiny * 1.0).item() != 0.0                             # ... also after an exception
+    res = train(_model(seed=5), _loss, _data, cfg, run_dir=tmp_path / "b")
+    assert res.resumed_from == 4
+    for a, b in zip(ref.model.state_dict().values(), res.model.state_dict().values()):
+        assert torch.equal(a, b)
+    on = load_checkpoint(latest_checkpoint(tmp_path / "a"))["config"]
+    off = train(_model(), _loss, _data, TrainConfig(steps=2), run_dir=tmp_path / "c")
+    assert on["flush_denormal"] is True
+    assert "flush_denormal" not in load_checkpoint(latest_checkpoint(tmp_path / "c"))["config"]
+    assert off.step == 2
+
+
+def test_the_callback_runs_with_subnormals_kept(tmp_path):
+    seen = []
+
+    def cb(step, model, ema):
+        seen.append((torch.tensor([1e-310], dtype=torch.float64) * 1.0).item())
+
+    train(_model(), _loss, _data, TrainConfig(steps=3, flush_denormal=True), callback=cb)
+    assert seen and all(v != 0.0 for v in seen)
