@@ -164,7 +164,7 @@ class LatentMixture:
                 raise ValueError(f"a per-component variance must be (N, L) = ({N}, {self.L}); got "
                                  f"{tuple(variance.shape)}")
             var = variance.to(means)
-            if not fastmath.all_finite(var) or var.amin() <= 0:
+            if not fastmath.all_finite(var) or (var.numel() and var.amin() <= 0):
                 raise ValueError("variance must be finite and positive")
             self.variance, self.variances = None, var
         else:

@@ -45,7 +45,10 @@ def all_finite(x: torch.Tensor) -> bool:
 
 def exp(x: torch.Tensor) -> torch.Tensor:
     """``torch.exp(x)`` (a new tensor, the same values bit for bit), without torch's slow path
-    for arguments that underflow."""
+    for arguments that underflow.  Not for autograd (it works in place); integer tensors go to
+    torch."""
+    if not x.is_floating_point():
+        return torch.exp(x)
     return exp_(x.clone())
 
 
@@ -71,6 +74,8 @@ def logsumexp(x: torch.Tensor, dim: int = -1) -> torch.Tensor:
     """``torch.logsumexp(x, dim)`` (rows of -inf give -inf, +inf gives +inf, NaN propagates),
     with the terms more than 700 nats (float32: 80) below their row's largest clamped there
     instead of underflowing on torch's slow path."""
+    if not x.is_floating_point() or x.numel() == 0:
+        return torch.logsumexp(x, dim)          # (integers are promoted; an empty sum is -inf)
     lo, _ = _limits(x)
     m = x.amax(dim, keepdim=True)
     shift = m.masked_fill(~torch.isfinite(m), 0.0)

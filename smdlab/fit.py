@@ -99,6 +99,20 @@ from .objectives import T_SAMPLINGS, Objective
 from .schedules import NoiseSchedule
 from .training import TrainConfig, train
 
+
+def _flush_setting(run_dir) -> bool:
+    """Flush subnormals while training (TrainConfig.flush_denormal), except when resuming a run
+    that began without it (written before the option existed): it keeps computing what it did."""
+    from .checkpoints import CheckpointError, latest_checkpoint, load_checkpoint
+
+    last = latest_checkpoint(run_dir) if run_dir is not None else None
+    if last is None:
+        return True
+    try:
+        return bool(load_checkpoint(last)["config"].get("flush_denormal", False))
+    except (CheckpointError, KeyError, TypeError):
+        return True         # (train() reports a damaged checkpoint itself)
+
 LATENTS = ("gaussian", "codebook")
 FIT_KINDS = ("ddpm", "smd_jensen", "smd_multisample", "smd_energy", "mixture")
 # Training steps used when steps=None (see the module docstring).
@@ -292,7 +306,8 @@ def fit(target: GaussianMixture, kind: str = "ddpm", schedule: NoiseSchedule | N
     config = TrainConfig(steps=steps, lr=recipe.lr, warmup_steps=min(recipe.warmup_steps, steps),
                          ema_decay=recipe.ema_decay, seed=seed, progress=progress,
                          keep_checkpoints=1, lr_schedule=recipe.lr_schedule,
-                         lr_final=recipe.lr_final, fused=recipe.fused, flush_denormal=True)
+                         lr_final=recipe.lr_final, fused=recipe.fused,
+                         flush_denormal=_flush_setting(run_dir))
     res = train(model, objective, data, config, run_dir=run_dir, callback=callback,
                 extra_config={"recipe": dataclasses.asdict(recipe), "kind": k,
                               "target": repr(target), "chain": schedule.original_steps.tolist()},

@@ -80,6 +80,7 @@ LR_SCHEDULES = ("constant", "cosine")
 # Fields added after checkpoints were first written: a checkpoint without one was written with
 # this value (so older runs still resume when the new field keeps its default).
 _FIELD_DEFAULTS = {"lr_schedule": "constant", "lr_final": 0.1, "fused": False}
+# (flush_denormal needs no entry: it is left out of the recorded config when off.)
 
 
 def resumable_changes(config: dict) -> tuple[str, ...]:
@@ -130,7 +131,9 @@ class TrainConfig:
     measured on the toy's SMD-multisample (batch 256, one thread), a step took 12 ms for the
     first 100 steps and 32 ms from step 200 on, and 12 ms throughout with the flush.  It changes
     the arithmetic (subnormals become 0), so it is part of the config (recorded only when on, so
-    that runs started before it existed resume unchanged).
+    that runs started before it existed resume unchanged).  torch sets the flag for the calling
+    thread only: with more intra-op threads the others keep subnormals (the lab's workers run
+    one thread each); after train() the flag is off, whatever it was before.
     """
 
     steps: int = 1000

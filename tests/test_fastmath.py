@@ -93,3 +93,17 @@ def test_all_finite_is_isfinite_all(data):
     assert fastmath.all_finite(x) == bool(torch.isfinite(x).all())
     assert fastmath.all_finite(x.to(torch.float32)) == bool(torch.isfinite(x.to(torch.float32)).all())
     assert fastmath.all_finite(torch.empty(0, 3))
+
+
+def test_empty_and_integer_inputs_go_to_torch():
+    assert torch.equal(fastmath.logsumexp(torch.zeros(3, 0), -1), torch.full((3,), -math.inf))
+    assert torch.equal(fastmath.exp(torch.tensor([1, 2])), torch.exp(torch.tensor([1, 2])))
+    x = torch.tensor([[1, 2]])
+    assert torch.equal(fastmath.logsumexp(x, -1), torch.logsumexp(x, -1))
+
+
+def test_latent_mixture_of_no_points():
+    from smdlab.distributions import LatentMixture
+
+    lm = LatentMixture(torch.zeros(0, 3, 2), torch.ones(0, 3))
+    assert lm.log_prob(torch.zeros(0, 2)).shape == (0,)

@@ -417,3 +417,14 @@ def test_the_callback_runs_with_subnormals_kept(tmp_path):
 
     train(_model(), _loss, _data, TrainConfig(steps=3, flush_denormal=True), callback=cb)
     assert seen and all(v != 0.0 for v in seen)
+
+
+def test_fit_keeps_an_older_runs_flush_setting(tmp_path):
+    from smdlab.fit import _flush_setting
+
+    assert _flush_setting(None) is True and _flush_setting(tmp_path / "none") is True
+    train(_model(), _loss, _data, TrainConfig(steps=2), run_dir=tmp_path / "old")
+    assert _flush_setting(tmp_path / "old") is False          # begun without it: kept off
+    train(_model(), _loss, _data, TrainConfig(steps=2, flush_denormal=True),
+          run_dir=tmp_path / "new")
+    assert _flush_setting(tmp_path / "new") is True

@@ -87,6 +87,7 @@ def reference_plans(names, cfgs: dict) -> list:
     """The reference scores the chosen experiments will ask for (those with a
     ``reference_plan``: E6, E8, E10), each once, for the first phase's pool."""
     from . import e6_toy, e8_few_steps, e10_mixture
+    from .toy_eval import reference_request_key
 
     planners = {"e6": e6_toy.reference_plan, "e8": e8_few_steps.reference_plan,
                 "e10": e10_mixture.reference_plan}
@@ -94,7 +95,7 @@ def reference_plans(names, cfgs: dict) -> list:
     for name in names:
         if name in planners:
             for req in planners[name](cfgs[name]):
-                key = repr(req)
+                key = reference_request_key(req)
                 if key not in seen:
                     seen.add(key)
                     plan.append(req)

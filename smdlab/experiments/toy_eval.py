@@ -301,6 +301,28 @@ def _stored_reference(models_dir, tag: str, key: tuple, compute):
     return value
 
 
+def _reference_key(name, zoo: ToyZoo, sizes: ToyEval, S: int, grid: bool) -> tuple:
+    """What a reference chain's score depends on (name None: the request for all of them)."""
+    return (name, repr(zoo.target), zoo.T, S, sizes, zoo.model.parameterization,
+            zoo.model.final_variance, zoo.model.smd_final_variance, grid)
+
+
+def _reference_iw_key(name, zoo: ToyZoo, iw, S: int) -> tuple:
+    return (name, repr(zoo.target), zoo.T, S, _iw_key(iw), zoo.model.parameterization,
+            zoo.model.final_variance, zoo.model.smd_final_variance)
+
+
+def reference_request_key(request) -> tuple:
+    """The scores a :func:`run_reference_plan` request computes, as one key: two requests of
+    the same key (E6's, E8's and E10's differ in their zoo's kinds or their grid_below, not in
+    what they compute) are planned once."""
+    if request[0] == "refs":
+        _, zoo, sizes, S, grid_below = request
+        return ("refs", *_reference_key(None, zoo, sizes, S, S < min(grid_below, 101)))
+    _, zoo, iw, S = request
+    return ("iw", *_reference_iw_key(None, zoo, iw, S))
+
+
 def references(zoo: ToyZoo, sizes: ToyEval, S_list, grid_below: int = 101,
                models_dir=None) -> dict:
     """Reference chains at each number of steps: {name: {S: metrics}} (memoised by content, and
@@ -312,8 +334,7 @@ def references(zoo: ToyZoo, sizes: ToyEval, S_list, grid_below: int = 101,
         out[name] = {}
         for S in S_list:
             grid = S < min(grid_below, 101)
-            key = (name, repr(zoo.target), zoo.T, S, sizes, zoo.model.parameterization,
-                   zoo.model.final_variance, zoo.model.smd_final_variance, grid)
+            key = _reference_key(name, zoo, sizes, S, grid)
             if key not in _REFS:
                 chain = zoo.chain(S)
                 kernel = reference_kernel(name, mix, zoo, chain)
@@ -438,8 +459,7 @@ def references_iw(zoo: ToyZoo, iw: IWSizes, S_list, models_dir=None) -> dict:
         for S in S_list:
             if S < iw.min_steps:
                 continue
-            key = (name, repr(zoo.target), zoo.T, S, _iw_key(iw), zoo.model.parameterization,
-                   zoo.model.final_variance, zoo.model.smd_final_variance)
+            key = _reference_iw_key(name, zoo, iw, S)
             if key not in _IW:
                 chain = zoo.chain(S)
                 kernel = reference_kernel(name, mix, zoo, chain)
