@@ -66,7 +66,7 @@ def exp_(x: torch.Tensor) -> torch.Tensor:
     exact = flat[idx].exp() if idx is not None else None
     x.clamp_min_(lo).exp_().masked_fill_(below, 0.0)
     if idx is not None:
-        x.view(-1)[idx] = exact
+        flat[idx] = exact                       # (flat is a view: x is contiguous)
     return x
 
 

@@ -37,7 +37,7 @@ import numpy as np
 
 from ..provenance import save_figure
 from .base import ExperimentResult, Outputs, Verdict, gate_on_convergence, register, save_result
-from .toy_config import COLORS, LABELS, ToyEval, ToyZoo
+from .toy_config import COLORS, LABELS, ToyEval, ToyZoo, sweep_steps
 from .toy_eval import (
     IWSizes,
     draw_samples,
@@ -97,15 +97,9 @@ def _aggregate(rows: list[dict]) -> dict:
     return out
 
 
-def _all_S(cfg: MixtureConfig) -> list[int]:
-    zc = cfg.zoo
-    sweep = sorted(set(cfg.sweep) | {S for S in zc.chains if S < zc.T})
-    return sweep + ([zc.T] if zc.T in zc.chains else [])
-
-
 def reference_plan(cfg: MixtureConfig) -> list:
     """The reference scores :func:`run` asks for (see :func:`.e6_toy.reference_plan`)."""
-    return [("refs", cfg.zoo, cfg.eval, S, 101) for S in _all_S(cfg)]
+    return [("refs", cfg.zoo, cfg.eval, S, 101) for S in sweep_steps(cfg.zoo, cfg.sweep)]
 
 
 @register("e10", "A latent kernel that works at few steps: the mixture kernel trained by exact "
@@ -115,7 +109,7 @@ def run(cfg: MixtureConfig, out: Outputs) -> ExperimentResult:
     zc, sizes = cfg.zoo, cfg.eval
     iw = IWSizes(min_steps=zc.T, n_points=cfg.iw_points, Ks=tuple(cfg.iw_Ks))
     models = toy_zoo(zc, out, cfg.seed)
-    all_S = _all_S(cfg)
+    all_S = sweep_steps(cfg.zoo, cfg.sweep)
     refs = references(zc, sizes, all_S, models_dir=out.results / "models")
     respaced, own = {}, {}
     if zc.T in zc.chains:

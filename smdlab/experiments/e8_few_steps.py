@@ -32,7 +32,7 @@ import numpy as np
 from ..provenance import save_figure
 from .base import ExperimentResult, Outputs, Verdict, gate_on_convergence, register, save_result
 from .e7_latent_use import unconverged_models
-from .toy_config import COLORS, LABELS, ToyEval, ToyZoo
+from .toy_config import COLORS, LABELS, ToyEval, ToyZoo, sweep_steps
 from .toy_eval import (
     evaluate,
     evaluate_iw,
@@ -76,10 +76,8 @@ class FewStepConfig:
 
 
 def _sweep(cfg: FewStepConfig) -> list[int]:
-    """Every number of sampling steps E8 scores: the sweep, the zoo's short chains, the full one."""
-    zc = cfg.zoo
-    sweep = sorted(set(cfg.sweep) | {S for S in zc.chains if S < zc.T})
-    return sweep + ([zc.T] if zc.T in zc.chains else [])
+    """Every number of sampling steps E8 scores (:func:`.toy_config.sweep_steps`)."""
+    return sweep_steps(cfg.zoo, cfg.sweep)
 
 
 def _iw(cfg: FewStepConfig, S: int):

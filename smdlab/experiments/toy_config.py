@@ -298,3 +298,10 @@ class ToyConfig:
 def replace_train(zoo: ToyZoo, **changes) -> ToyZoo:
     """``zoo`` with its TrainConfig changed (a convenience for the nested replace)."""
     return dataclasses.replace(zoo, train=dataclasses.replace(zoo.train, **changes))
+
+
+def sweep_steps(zoo: ToyZoo, sweep) -> list[int]:
+    """The numbers of sampling steps a sweep over ``zoo`` scores (E8, E10): the sweep, the zoo's
+    short chains, then the full chain when the zoo trains on it."""
+    steps = sorted(set(sweep) | {S for S in zoo.chains if S < zoo.T})
+    return steps + ([zoo.T] if zoo.T in zoo.chains else [])

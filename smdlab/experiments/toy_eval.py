@@ -202,13 +202,19 @@ def _disk_path(model: TrainedModel, tag: str, key: tuple, fingerprint: str | Non
 
 
 def _stored(model: TrainedModel, tag: str, key: tuple, compute):
-    """compute() of one evaluation of ``model``, read from its run folder when an earlier call (in
-    this process or another) stored it under the same key, else computed and stored (atomically).
-    A stored file that fails its checksum, or holds another key, is recomputed and replaced."""
+    """compute() -> (value, samples) of one evaluation of ``model``, kept in its run folder
+    (:func:`_cached`)."""
+    fp = estimator_fingerprint()
+    return _cached(_disk_path(model, tag, key, fp), key, fp, compute)
+
+
+def _cached(path, key: tuple, fp: str, compute):
+    """compute() -> (value, samples), read from ``path`` when an earlier call (in this process
+    or another) stored it there under the same key and estimator fingerprint ``fp``, else
+    computed and stored (atomically, checksummed); None: not stored.  A stored file that fails
+    its checksum, or holds another key, is recomputed and replaced."""
     from ..checkpoints import CheckpointError, load_checkpoint, save_checkpoint
 
-    fp = estimator_fingerprint()
-    path = _disk_path(model, tag, key, fp)
     if path is not None and path.exists():
         try:
             got = load_checkpoint(path)
@@ -217,9 +223,10 @@ def _stored(model: TrainedModel, tag: str, key: tuple, compute):
                 return got["config"]["value"], got["model"].get("samples")
         except (CheckpointError, KeyError, AttributeError) as e:
             warnings.warn(f"cached score {path} is unreadable ({e}); recomputing it",
-                          RuntimeWarning, stacklevel=3)
+                          RuntimeWarning, stacklevel=4)
     value, samples = compute()
     if path is not None:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
         save_checkpoint(path, {"step": 0, "model": {"samples": samples},
                                "config": {"evaluation": repr(key), "value": value,
                                           "estimator": fp}})
@@ -271,34 +278,18 @@ _REFS: dict = {}
 
 
 def _stored_reference(models_dir, tag: str, key: tuple, compute):
-    """compute() of a reference chain's score, read from ``models_dir/references/`` when a
-    process of this run (or an earlier one, with the same estimator settings) stored it there,
-    else computed and stored (atomically, checksummed).  The references are deterministic
-    (REFERENCE_SEED), so who computes one does not change it; E6, E8 and E10 ask for the same
-    ones, and the lab's first phase computes them once in its worker pool."""
+    """compute() of a reference chain's score, kept under ``models_dir/references/``
+    (:func:`_cached`; None: not stored).  The references are deterministic (REFERENCE_SEED), so
+    who computes one does not change it; E6, E8 and E10 ask for the same ones, and the lab's
+    first phase computes them once in its worker pool."""
     import hashlib
 
-    from ..checkpoints import CheckpointError, load_checkpoint, save_checkpoint
-
-    if models_dir is None:
-        return compute()
     fp = estimator_fingerprint()
-    h = hashlib.sha1(f"{key!r}|{fp}".encode()).hexdigest()[:16]
-    path = Path(models_dir) / "references" / f"{tag}-{h}.pt"
-    if path.exists():
-        try:
-            got = load_checkpoint(path)
-            if got["config"].get("reference") == repr(key) and \
-                    got["config"].get("estimator") == fp:
-                return got["config"]["value"]
-        except (CheckpointError, KeyError, AttributeError) as e:
-            warnings.warn(f"cached reference score {path} is unreadable ({e}); recomputing it",
-                          RuntimeWarning, stacklevel=3)
-    value = compute()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    save_checkpoint(path, {"step": 0, "model": {},
-                           "config": {"reference": repr(key), "value": value, "estimator": fp}})
-    return value
+    path = None
+    if models_dir is not None:
+        h = hashlib.sha1(f"{key!r}|{fp}".encode()).hexdigest()[:16]
+        path = Path(models_dir) / "references" / f"{tag}-{h}.pt"
+    return _cached(path, key, fp, lambda: (compute(), None))[0]
 
 
 def _reference_key(name, zoo: ToyZoo, sizes: ToyEval, S: int, grid: bool) -> tuple:
