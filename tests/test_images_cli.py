@@ -204,3 +204,30 @@ def test_channels_last_is_the_same_function_and_part_of_the_checkpoint(tmp_path)
         np.testing.assert_allclose([q["fd"] for q in c0[k]], [q["fd"] for q in c1[k]],
                                    rtol=1e-3, atol=1e-4)
     assert main([*tiny, "--out", str(last)]) == 2        # layout changed: not a silent reuse
+
+
+def test_seed_models_choose_which_models_repeat_with_extra_seeds(tmp_path, capsys):
+    from smdlab.config import apply_overrides
+    from smdlab.images.config import ImagesConfig
+    from smdlab.images.experiment import image_jobs
+
+    cfg = apply_overrides(ImagesConfig.from_preset("smoke"),
+                          ["seed_repeats=1,2", "seed_models=ddpm,smd-energy"])
+    labels = [j.label for j in image_jobs(cfg)]
+    main_labels = [f"{p}-{m}" for p in ("long", "short")
+                   for m in ("ddpm", "smd-jensen", "smd-energy", "ddpm-matched")]
+    assert labels == main_labels + [f"short-{m}-seed{s}" for s in (1, 2)
+                                    for m in ("ddpm", "smd-energy")]
+    # None repeats every model; the order of --set changes does not matter
+    every = apply_overrides(ImagesConfig.from_preset("smoke"), ["seed_repeats=1"])
+    assert every.seed_models is None
+    assert sum(j.seed == 1 for j in image_jobs(every)) == 4
+    both = apply_overrides(ImagesConfig.from_preset("smoke"),
+                           ["models.best_objective=multisample", "seed_models=smd-multisample"])
+    assert [j.label for j in image_jobs(both) if j.seed != 0] == ["short-smd-multisample-seed1"]
+    # a name that is not a model of the run is a usage error before anything runs
+    assert main(["--preset", "smoke", "--set", "seed_models=ddpm,smd-nope",
+                 "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "smd-nope" in err and "smd-jensen" in err
+    assert not (tmp_path / "runs").exists()

@@ -80,6 +80,7 @@ def _main(argv) -> int:
     args = build_parser().parse_args(argv)
     try:
         cfg = config_from_args(args)
+        cfg.repeated_models()
     except (ConfigError, ValueError) as e:
         raise UsageError(str(e)) from None
     threads = threads_from_env(args.threads)

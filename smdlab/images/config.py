@@ -185,8 +185,9 @@ class ImagesConfig:
     """Everything that defines an image run (see the module docstring for the sections).
 
     preset: the name this config came from; seed: training and sampling seed; seed_repeats:
-    extra training seeds of every model of the protocols in ``seed_protocols`` (the headline
-    rows: their mean and spread over training seeds); batch_size: per-process batch;
+    extra training seeds of the models named in ``seed_models`` (None: every model) on the
+    protocols in ``seed_protocols`` (the headline rows: their mean and spread over training
+    seeds); batch_size: per-process batch;
     short_train_steps: steps of the short-chain models; device: None = CUDA if available;
     workers: models trained at once in that many spawned processes (one process, not torchrun;
     each with the run's thread count; on a GPU they share it), the numbers do not depend on it;
@@ -199,6 +200,7 @@ class ImagesConfig:
     seed: int = 0
     seed_repeats: tuple[int, ...] = (1, 2)
     seed_protocols: tuple[str, ...] = ("short",)
+    seed_models: tuple[str, ...] | None = None
     workers: int = 1
     channels_last: bool = False
     device: str | None = None
@@ -214,6 +216,10 @@ class ImagesConfig:
     def __post_init__(self):
         self.seed_repeats = tuple(int(s) for s in self.seed_repeats if int(s) != self.seed)
         self.seed_protocols = tuple(self.seed_protocols)
+        if self.seed_models is not None:
+            # checked against the run's model names when its jobs are listed (image_jobs), so
+            # that --set models.best_objective=... and seed_models=... may come in any order
+            self.seed_models = tuple(str(m) for m in self.seed_models)
         bad = [p for p in self.seed_protocols if p not in ("long", "short")]
         if bad:
             raise ValueError(f"seed_protocols may name 'long' and 'short'; got {bad}")
@@ -225,6 +231,18 @@ class ImagesConfig:
             raise ValueError(f"short_train_steps must be >= 0; got {self.short_train_steps}")
         if self.device not in (None, "cpu", "cuda") and not str(self.device).startswith("cuda:"):
             raise ValueError(f"device must be cpu, cuda or cuda:N; got {self.device!r}")
+
+    def repeated_models(self) -> list[str]:
+        """Names of the models trained again with each of ``seed_repeats``; a ValueError names
+        any entry of ``seed_models`` that is not a model of this run."""
+        names = [spec.name for spec in self.models.specs()]
+        if self.seed_models is None:
+            return names
+        unknown = [m for m in self.seed_models if m not in names]
+        if unknown:
+            raise ValueError(f"seed_models names {unknown}, not model(s) of this run; choose "
+                             f"from {names}")
+        return list(self.seed_models)
 
     @property
     def smoke(self) -> bool:

@@ -312,14 +312,17 @@ class ImageJob:
 
 def image_jobs(cfg: ImagesConfig) -> list[ImageJob]:
     """Every model of the run, in report order: each model on both protocols with the main seed,
-    then every model of the protocols in ``cfg.seed_protocols`` again with each of
-    ``cfg.seed_repeats`` (the spread over training seeds of the headline rows)."""
+    then the models named in ``cfg.seed_models`` (None: every model) of the protocols in
+    ``cfg.seed_protocols`` again with each of ``cfg.seed_repeats`` (the spread over training
+    seeds of the headline rows)."""
     specs = cfg.models.specs()
+    repeated = cfg.repeated_models()
     steps = {"long": cfg.train.steps, "short": cfg.short_train_steps}
     jobs = [ImageJob(p, steps[p], spec, cfg.seed, cfg.seed) for p in ("long", "short")
             for spec in specs]
     jobs += [ImageJob(p, steps[p], spec, s, cfg.seed) for p in ("long", "short")
-             if p in cfg.seed_protocols for s in cfg.seed_repeats for spec in specs]
+             if p in cfg.seed_protocols for s in cfg.seed_repeats for spec in specs
+             if spec.name in repeated]
     return jobs
 
 

@@ -48,7 +48,8 @@ def _mnist_like(dataset: str) -> ImagesConfig:
 
 
 PRESETS: dict[str, ImagesConfig] = {
-    "default": ImagesConfig(workers=2),
+    "default": ImagesConfig(workers=2, seed_models=("ddpm", "smd-energy"),
+                            train=image_train_config(fused=True)),
     "smoke": ImagesConfig(
         preset="smoke", batch_size=32, short_train_steps=30, seed_repeats=(1,),
         net=NetConfig(base_channels=8, inner_dim=8), models=ModelsConfig(latent_dim=4),

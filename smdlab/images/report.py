@@ -430,7 +430,9 @@ def _seeds_note(cfg: dict) -> str:
     prots = list(cfg.get("seed_protocols") or ["short"])
     if not reps:
         return f"Every model is trained with seed {cfg['seed']}."
-    return (f"Every model is trained with seed {cfg['seed']}; the models of the "
+    which = cfg.get("seed_models")
+    models = "the models" if which is None else ", ".join(which)
+    return (f"Every model is trained with seed {cfg['seed']}; {models} of the "
             f"{' and '.join(prots)} protocol{'s' if len(prots) > 1 else ''} also with seeds "
             f"{reps} (the headline rows' spread over training seeds).")
 
