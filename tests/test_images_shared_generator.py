@@ -14,8 +14,9 @@ from smdlab.schedules import NoiseSchedule
 from .test_images_training import UNET, _run, images
 
 
-def shared(objective="energy", n=2):
-    return ModelSpec("smd", "smd", objective, n, latent_dim=2, generator="shared")
+def shared(objective="energy", n=2, conditioning="hyper"):
+    return ModelSpec("smd", "smd", objective, n, latent_dim=2, generator="shared",
+                     conditioning=conditioning)
 
 
 def build(spec, unet=UNET):
@@ -101,9 +102,11 @@ def test_trains_samples_and_resumes_bit_identically(tmp_path):
     assert torch.equal(x, again)
 
 
-def test_energy_trained_shared_model_uses_its_latent():
+@pytest.mark.parametrize("conditioning", ["hyper", "film"])
+def test_energy_trained_shared_model_uses_its_latent(conditioning):
     """The step mean moves with eta (spread over eta > 0) after energy training, and by far more
-    than after jensen training (which collapses the kernel to a Gaussian)."""
+    than after jensen training (which collapses the kernel to a Gaussian); also with FiLM
+    conditioning (the cheap SMD of benchmarks/bench_unet.py)."""
     unet = UNetConfig(in_channels=1, image_size=8, base_channels=8, channel_mults=(1, 2),
                       inner_dim=8)
     x = images(128, seed=4)
@@ -111,7 +114,7 @@ def test_energy_trained_shared_model_uses_its_latent():
     for objective, n in (("energy", 2), ("jensen", 1)):
         torch.manual_seed(0)
         schedule = NoiseSchedule.linear(100)
-        model = build_model(shared(objective, n), unet, schedule)
+        model = build_model(shared(objective, n, conditioning), unet, schedule)
         chain = schedule.respace(3)
         from smdlab.images.train import train_image_model
         from smdlab.training import TrainConfig

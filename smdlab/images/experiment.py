@@ -22,8 +22,10 @@ checkpoints (``curve.json``), so a resumed run reuses them and computes the same
 *converged* when its FD curve passes :func:`smdlab.convergence.is_converged` with the relative
 tolerance alone (the last 3 points within ``eval.curve_rel_tol`` of the final one; the points
 share one sampling seed, yet measured late points of trained digits models still moved 10-17%
-at n = 250 and up to ~20% at n = 1000, so the tolerance must exceed that jitter); a
-verdict resting on an unconverged model has status
+at n = 250 and up to ~20% at n = 1000, so the tolerance must exceed that jitter).  A row of
+the report trained with several seeds (a headline row) is judged on the curve of its mean over
+seeds (:func:`smdlab.images.report.unconverged_models`), the quantity its verdicts compare; a
+verdict resting on an unconverged model or row has status
 "unconverged" (:func:`smdlab.experiments.base.gate_on_convergence`).
 
 Every evaluation records n, the reference split, sampler, steps, EMA flag, seeds, parameter

@@ -3,9 +3,10 @@
 
 CPU presets:
   * ``default``: digits 8 x 8 (inside scikit-learn): the comparison that ``python -m
-    smdlab.images`` runs (2 worker processes, 16 models: both protocols, every short-chain
-    model with training seeds 0, 1, 2; 2,000 steps of 48 images each, chosen by
-    benchmarks/bench_image_recipes.py); its measured wall time is in the README;
+    smdlab.images`` runs (2 worker processes, 12 models: the four models on both protocols
+    with seed 0, and the headline pair, DDPM and SMD-energy on the short chain, again with
+    seeds 1 and 2; 2,000 steps of 48 images each, chosen by benchmarks/bench_image_recipes.py;
+    fused AdamW); its measured wall time is in the README;
   * ``smoke``: the same pipeline in well under 2 minutes (tests run it; no verdicts);
   * ``tiny``: the smallest end-to-end run on any dataset (tests run it on real Fashion-MNIST
     and run the GPU script with it);

@@ -92,13 +92,28 @@ def _margin(a: dict, b: dict, pooled_sd: float | None) -> float:
     return 2 * max(a["boot"], b["boot"], math.sqrt(var(a) + var(b)))
 
 
-def c5_verdict(result: dict) -> tuple[str, str]:
-    """(status, evidence) for C5 "SMD improves DDPM, especially with few steps", as a trend over
-    sampling steps: the best SMD model's FD (mean over training seeds) against both Gaussian
-    baselines on every chain of the long protocol and on the short chain.  The status is decided
-    at the fewest steps of each protocol; a difference counts only beyond :func:`_margin`; the
-    evidence adds the gain over DDPM at each step count (the "especially with few steps" part:
-    does it grow as steps fall?)."""
+def c5_status(vs_ddpm: dict, vs_matched: dict) -> tuple[str, bool]:
+    """(status, whether it rests on the capacity-matched DDPM) of C5 from the outcomes of the
+    best SMD model against DDPM and against the capacity-matched DDPM on each protocol (+1 a
+    win, 0 a tie, -1 a loss; None: not measured).
+
+    SMD "improves DDPM" only where it beats DDPM: with no win over DDPM on any protocol the
+    claim does not hold, whatever the matched control says (that control can explain a gain
+    away as capacity; it cannot create one), so such a status rests on SMD and DDPM alone.
+    Otherwise the wins and losses against both baselines decide (every one a win: holds with
+    qualification; more wins than losses: holds with qualification; else does not hold)."""
+    d = [v for v in vs_ddpm.values() if v is not None]
+    if not any(v > 0 for v in d):
+        return "does not hold as stated", False
+    both = d + [v for v in vs_matched.values() if v is not None]
+    wins, losses = sum(v > 0 for v in both), sum(v < 0 for v in both)
+    if wins == len(both) or wins > losses:
+        return "holds with qualification", True
+    return "does not hold as stated", True
+
+
+def _c5(result: dict) -> tuple[str, str, list[str], list[str]]:
+    """(status, evidence, names of the models the status rests on, names of context models)."""
     cfg = flat_config(result)
     best = f"smd-{cfg['best_objective']}"
     pooled, _ = seed_spread(result)
@@ -108,7 +123,7 @@ def c5_verdict(result: dict) -> tuple[str, str]:
         return seed_stat(result, model=name, protocol=protocol, sampler="ancestral", steps=S,
                          frozen_latent=False)
 
-    lines, wins, losses = [], 0, 0
+    lines, outcome = [], {"ddpm": {}, "ddpm-matched": {}}
     for protocol, S in (("long", few), ("short", cfg["short_chain"])):
         smd = st(best, protocol, S)
         for base in ("ddpm", "ddpm-matched", "smd-jensen"):
@@ -116,10 +131,10 @@ def c5_verdict(result: dict) -> tuple[str, str]:
             if smd is None or b is None:
                 continue
             margin = _margin(smd, b, pooled)
-            if smd["mean"] < b["mean"] - margin:
-                wins += base != "smd-jensen"
-            elif smd["mean"] > b["mean"] + margin:
-                losses += base != "smd-jensen"
+            o = -1 if smd["mean"] > b["mean"] + margin else (
+                1 if smd["mean"] < b["mean"] - margin else 0)
+            if base in outcome:
+                outcome[base][protocol] = o
             lines.append(f"{protocol}/{S} steps: {best} {smd['mean']:.2f} vs {base} "
                          f"{b['mean']:.2f} (margin {margin:.2f})")
     trend = []
@@ -130,13 +145,21 @@ def c5_verdict(result: dict) -> tuple[str, str]:
     if trend:
         lines.append(f"gain of {best} over ddpm (FD difference, 1000-step models) at "
                      + ", ".join(trend) + " steps")
-    if wins == 4:
-        status = "holds with qualification"
-    elif losses > 0 and wins == 0:
-        status = "does not hold as stated"
-    else:
-        status = "holds with qualification" if wins > losses else "does not hold as stated"
-    return status, "; ".join(lines)
+    status, needs_matched = c5_status(outcome["ddpm"], outcome["ddpm-matched"])
+    rests = [best, "ddpm"] + (["ddpm-matched"] if needs_matched else [])
+    context = [n for n in ("ddpm-matched", "smd-jensen") if n not in rests]
+    return status, "; ".join(lines), rests, context
+
+
+def c5_verdict(result: dict) -> tuple[str, str]:
+    """(status, evidence) for C5 "SMD improves DDPM, especially with few steps", as a trend over
+    sampling steps: the best SMD model's FD (mean over training seeds) against both Gaussian
+    baselines on every chain of the long protocol and on the short chain.  The status is decided
+    at the fewest steps of each protocol by :func:`c5_status`; a difference counts only beyond
+    :func:`_margin`; the evidence adds the gain over DDPM at each step count (the "especially
+    with few steps" part: does it grow as steps fall?)."""
+    status, evidence, _, _ = _c5(result)
+    return status, evidence
 
 
 def _training_minutes(result: dict) -> str:
@@ -165,7 +188,11 @@ def l1_verdict(result: dict) -> tuple[str, str] | None:
     return ("holds" if jr < 0.05 and br > 2 * jr else
             "holds with qualification" if br > 2 * jr else "does not hold as stated",
             f"largest latent/data spread ratio on the short chain (mean over training seeds): "
-            f"smd-jensen {jr:.3f} ({jn} seeds), {best} {br:.3f} ({bn} seeds)")
+            f"smd-jensen {jr:.3f} ({_seeds(jn)}), {best} {br:.3f} ({_seeds(bn)})")
+
+
+def _seeds(n: int) -> str:
+    return f"{n} seed" + ("s" if n != 1 else "")
 
 
 C5_CLAIM = "C5: SMD improves DDPM, especially with few steps (images)"
@@ -190,19 +217,53 @@ def model_converged(m: dict) -> bool | None:
     return LearningCurve.from_dict(c).converged()
 
 
-def unconverged_models(result: dict, labels) -> list[str]:
-    """The labels among ``labels`` (models of ``result``) not shown converged: those whose curve
-    fails the rule, and those without a curve."""
-    bad = []
+def mean_curve(models: list[dict]):
+    """The learning curve of the mean over training seeds: at each step every model's curve
+    has, the mean of their FD (None when a model has no curve)."""
+    from ..convergence import LearningCurve
+
+    curves = [LearningCurve.from_dict(m["curve"]) if m.get("curve") else None for m in models]
+    if any(c is None for c in curves):
+        return None
+    common = set.intersection(*({p["step"] for p in c.points} for c in curves))
+    points = []
+    for step in sorted(common):
+        vals = [next(p["fd"] for p in c.points if p["step"] == step) for c in curves]
+        points.append({"step": step, "fd": sum(vals) / len(vals)})
+    c0 = curves[0]
+    return LearningCurve(c0.primary, points, c0.rel_tol, c0.abs_tol)
+
+
+def seed_groups(result: dict, labels) -> list[list[str]]:
+    """``labels`` grouped by (model name, protocol): one row of the report's tables each, whose
+    training seeds the verdicts average over; in first-seen order."""
+    groups: dict[tuple, list[str]] = {}
     for label in labels:
         m = result["models"].get(label)
-        if m is None:
+        if m is not None:
+            groups.setdefault((m["spec"]["name"], m["protocol"]), []).append(label)
+    return list(groups.values())
+
+
+def unconverged_models(result: dict, labels) -> list[str]:
+    """The labels among ``labels`` (models of ``result``) not shown converged.  A row with one
+    training seed is judged on its model's curve; a row with several (a headline row, whose
+    mean over seeds is what the verdicts compare) on the curve of that mean, which carries the
+    seed-to-seed jitter of each curve's points divided by sqrt(seeds); a row whose mean curve
+    fails is named "<protocol>-<model> (mean of k seeds)".  Models without a curve are always
+    named."""
+    bad = []
+    for group in seed_groups(result, labels):
+        ms = [result["models"][label] for label in group]
+        missing = [label for label, m in zip(group, ms) if not m.get("curve")]
+        if missing:
+            bad += [f"{label} (no learning curve)" for label in missing]
             continue
-        ok = model_converged(m)
-        if ok is None:
-            bad.append(f"{label} (no learning curve)")
-        elif not ok:
-            bad.append(label)
+        if len(ms) == 1:
+            if not model_converged(ms[0]):
+                bad.append(group[0])
+        elif not mean_curve(ms).converged():
+            bad.append(f"{ms[0]['protocol']}-{ms[0]['spec']['name']} (mean of {len(ms)} seeds)")
     return bad
 
 
@@ -211,11 +272,6 @@ def _labels(result: dict, names, protocols) -> list[str]:
     ``protocols``."""
     return [k for k, m in result["models"].items()
             if m["spec"]["name"] in names and m["protocol"] in protocols]
-
-
-def _c5_models(result: dict) -> list[str]:
-    best = f"smd-{flat_config(result)['best_objective']}"
-    return _labels(result, (best, "ddpm", "ddpm-matched", "smd-jensen"), ("long", "short"))
 
 
 def _l1_models(result: dict) -> list[str]:
@@ -228,8 +284,15 @@ def verdict_rows(result: dict) -> list[tuple[str, str, str]]:
     converged has status "unconverged"; a smoke run's rows are not judged."""
     from ..experiments.base import Verdict, gate_on_convergence
 
-    status, evidence = c5_verdict(result)
-    rows = [(C5_CLAIM, status, f"{evidence} ({TIE_RULE})", _c5_models(result))]
+    status, evidence, rests, context = _c5(result)
+    ctx = [name for name in context if _labels(result, (name,), ("long", "short"))]
+    if ctx:
+        loose = unconverged_models(result, _labels(result, ctx, ("long", "short")))
+        evidence += (f"; the status rests on {', '.join(rests)} only ({', '.join(ctx)}: "
+                     f"context" + (f", of which unconverged: {', '.join(loose)}" if loose
+                                   else "") + ")")
+    rows = [(C5_CLAIM, status, f"{evidence} ({TIE_RULE})",
+             _labels(result, rests, ("long", "short")))]
     l1 = l1_verdict(result)
     if l1:
         rows.append((L1_CLAIM, *l1, _l1_models(result)))
@@ -268,6 +331,9 @@ def curve_section(result: dict, metric: str) -> list[str]:
               f"{cs.get('points', '?')} steps spread over it, on n = {cs.get('n', '?')} samples "
               f"(ancestral sampling on the fewest-step chain of its protocol; the same seed at "
               f"every point). Rule: {result.get('convergence_rule', 'see smdlab.convergence')}. "
+              f"A row trained with several seeds (a headline row) is judged on the curve of its "
+              f"mean over seeds, the quantity its verdicts compare (the 'mean of k seeds' rows; "
+              f"its seeds' own curves are listed too). "
               f"A verdict resting on a model that fails it reads \"unconverged\". ± values: "
               f"the last point's bootstrap spread (FD) and subset spread (KID).", "",
               f"| model | protocol | points | {metric} (first -> last, n = {cs.get('n', '?')}) | "
@@ -283,6 +349,15 @@ def curve_section(result: dict, metric: str) -> list[str]:
                      f"{pts[0]['fd']:.3f} -> {pts[-1]['fd']:.3f} ± {pts[-1]['fd_boot_std']:.3f} | "
                      f"{pts[-1]['kid']:.4f} ± {pts[-1]['kid_std']:.4f} | "
                      f"{'yes' if conv else 'no'} |")
+        for group in seed_groups(result, list(curves)):
+            if len(group) > 1:
+                ms = [curves[label] for label in group]
+                mc = mean_curve(ms)
+                pts = mc.points if mc else []
+                span = f"{pts[0]['fd']:.3f} -> {pts[-1]['fd']:.3f}" if pts else "-"
+                L.append(f"| {ms[0]['spec']['name']}{_gen_note(ms[0])} | {ms[0]['protocol']} | "
+                         f"mean of {len(ms)} seeds | {span} | - | "
+                         f"{'yes' if mc and mc.converged() else 'no'} |")
     by_n = result.get("fd_against_n")
     if by_n:
         L += ["", f"### {metric} against n", "",
@@ -402,7 +477,8 @@ def write_report(result: dict, out) -> Path:
                          ("film", "FiLM conditioning"),
                          ("hyper_naive", "naive matrix hypernetwork (as published)"),
                          ("smd", "full SMD (O(d) conditioning + separate latent generator)"),
-                         ("smd_shared", "full SMD (O(d) conditioning + shared-stem generator)")):
+                         ("smd_shared", "full SMD (O(d) conditioning + shared-stem generator)"),
+                         ("smd_cheap", "cheap SMD (FiLM conditioning + shared-stem generator)")):
             if v in r:
                 inter = (b.get("interleaved") or {}).get(v)
                 ratio = (f"{inter['min_ratio_to_plain']:.2f} (interleaved, CPU time)" if inter
