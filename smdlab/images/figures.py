@@ -123,11 +123,12 @@ def make_figures(result: dict, out) -> list[Path]:
 
 def learning_curves_figure(result: dict, out, plt) -> Path | None:
     """FD and KID against training steps, one line per model and protocol (dashed: not
-    converged by the rule), error bars: one point's bootstrap / subset spread."""
+    converged by the rule), error bars: one point's bootstrap / subset spread; a thick line:
+    the FD curve of a row's mean over training seeds (what a headline row is judged on)."""
     models = {k: m for k, m in result["models"].items() if (m.get("curve") or {}).get("points")}
     if not models:
         return None
-    from .report import model_converged
+    from .report import mean_curve, model_converged, seed_groups
 
     metric = result["feature_net"]["name"] if result["feature_net"] else "net"
     protocols = [p for p in ("long", "short")
@@ -147,6 +148,17 @@ def learning_curves_figure(result: dict, out, plt) -> Path | None:
                                     capsize=2, ls="-" if conv else "--",
                                     color=_COLORS.get(name),
                                     label=f"{label} ({'converged' if conv else 'not converged'})")
+        for group in seed_groups(result, [k for k, m in models.items()
+                                          if m["protocol"] == protocol]):
+            if len(group) < 2:
+                continue
+            mc = mean_curve([models[label] for label in group])
+            name = models[group[0]]["spec"]["name"]
+            axes[0][j].plot([q["step"] for q in mc.points], [q["fd"] for q in mc.points],
+                            lw=3, alpha=0.6, color=_COLORS.get(name),
+                            ls="-" if mc.converged() else "--",
+                            label=f"{protocol}-{name}: mean of {len(group)} seeds ("
+                                  f"{'converged' if mc.converged() else 'not converged'})")
         n = next(iter(models.values())).get("curve_settings", {}).get("n", "?")
         axes[0][j].set_title(f"{protocol} protocol (n = {n} per point)")
         axes[0][j].set_ylabel(f"FD-{metric}")
@@ -155,7 +167,8 @@ def learning_curves_figure(result: dict, out, plt) -> Path | None:
             axes[i][j].set_xlabel("training step")
             axes[i][j].grid(alpha=0.3)
             axes[i][j].legend(fontsize=6)
-    fig.suptitle("learning curves during training (EMA weights; dashed: fails the plateau rule)")
+    fig.suptitle("learning curves during training (EMA weights; dashed: fails the plateau rule; "
+                 "thick: mean over training seeds)")
     fig.tight_layout()
     path = save_figure(fig, out.figures / "learning_curves.png", smoke=is_smoke(result))
     plt.close(fig)
