@@ -222,9 +222,25 @@ def test_seed_models_choose_which_models_repeat_with_extra_seeds(tmp_path, capsy
     every = apply_overrides(ImagesConfig.from_preset("smoke"), ["seed_repeats=1"])
     assert every.seed_models is None
     assert sum(j.seed == 1 for j in image_jobs(every)) == 4
-    both = apply_overrides(ImagesConfig.from_preset("smoke"),
-                           ["models.best_objective=multisample", "seed_models=smd-multisample"])
-    assert [j.label for j in image_jobs(both) if j.seed != 0] == ["short-smd-multisample-seed1"]
+    for order in (["models.best_objective=multisample", "seed_models=smd-multisample"],
+                  ["seed_models=smd-multisample", "models.best_objective=multisample"]):
+        both = apply_overrides(ImagesConfig.from_preset("smoke"), order)
+        assert [j.label for j in image_jobs(both) if j.seed != 0] == \
+            ["short-smd-multisample-seed1"]
+    # "smd-best" follows the best objective (the default preset names it)
+    assert ImagesConfig.from_preset("default").seed_models == ("ddpm", "smd-best")
+    best = apply_overrides(ImagesConfig.from_preset("default"),
+                           ["models.best_objective=multisample"])
+    assert best.repeated_models() == ["ddpm", "smd-multisample"]
+    # an empty list repeats nothing, and the report says so
+    from smdlab.images.report import _seeds_note
+    none = apply_overrides(ImagesConfig.from_preset("smoke"), ["seed_models="])
+    assert none.seed_models == () and all(j.seed == 0 for j in image_jobs(none))
+    assert _seeds_note({"seed": 0, "seed_repeats": [1], "seed_models": []}) == \
+        "Every model is trained with seed 0."
+    assert "ddpm, smd-multisample of the short protocol" in _seeds_note(
+        {"seed": 0, "seed_repeats": [1], "seed_models": ["ddpm", "smd-best"],
+         "best_objective": "multisample"})
     # a name that is not a model of the run is a usage error before anything runs
     assert main(["--preset", "smoke", "--set", "seed_models=ddpm,smd-nope",
                  "--out", str(tmp_path)]) == 2

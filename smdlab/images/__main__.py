@@ -41,7 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
     from .presets import PRESETS
 
     p = CliParser(prog="python -m smdlab.images", description=__doc__,
-                  epilog=describe_fields(ImagesConfig(), "fields of the default preset "
+                  epilog=describe_fields(ImagesConfig.from_preset("default"),
+                                         "fields of the default preset "
                                          "(--set PATH=VALUE)"),
                   formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--preset", default="default", choices=sorted(PRESETS),

@@ -185,9 +185,10 @@ class ImagesConfig:
     """Everything that defines an image run (see the module docstring for the sections).
 
     preset: the name this config came from; seed: training and sampling seed; seed_repeats:
-    extra training seeds of the models named in ``seed_models`` (None: every model) on the
-    protocols in ``seed_protocols`` (the headline rows: their mean and spread over training
-    seeds); batch_size: per-process batch;
+    extra training seeds of the models named in ``seed_models`` (None: every model; the name
+    ``"smd-best"`` stands for the SMD model of ``models.best_objective``) on the protocols in
+    ``seed_protocols`` (the headline rows: their mean and spread over training seeds);
+    batch_size: per-process batch;
     short_train_steps: steps of the short-chain models; device: None = CUDA if available;
     workers: models trained at once in that many spawned processes (one process, not torchrun;
     each with the run's thread count; on a GPU they share it), the numbers do not depend on it;
@@ -233,16 +234,19 @@ class ImagesConfig:
             raise ValueError(f"device must be cpu, cuda or cuda:N; got {self.device!r}")
 
     def repeated_models(self) -> list[str]:
-        """Names of the models trained again with each of ``seed_repeats``; a ValueError names
-        any entry of ``seed_models`` that is not a model of this run."""
+        """Names of the models trained again with each of ``seed_repeats`` (``"smd-best"``
+        resolved to ``smd-<models.best_objective>``); a ValueError names any entry of
+        ``seed_models`` that is not a model of this run."""
         names = [spec.name for spec in self.models.specs()]
         if self.seed_models is None:
             return names
-        unknown = [m for m in self.seed_models if m not in names]
+        best = f"smd-{self.models.best_objective}"
+        wanted = list(dict.fromkeys(best if m == "smd-best" else m for m in self.seed_models))
+        unknown = [m for m in wanted if m not in names]
         if unknown:
             raise ValueError(f"seed_models names {unknown}, not model(s) of this run; choose "
-                             f"from {names}")
-        return list(self.seed_models)
+                             f"from {names} or 'smd-best'")
+        return wanted
 
     @property
     def smoke(self) -> bool:

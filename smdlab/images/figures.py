@@ -148,12 +148,12 @@ def learning_curves_figure(result: dict, out, plt) -> Path | None:
                                     capsize=2, ls="-" if conv else "--",
                                     color=_COLORS.get(name),
                                     label=f"{label} ({'converged' if conv else 'not converged'})")
-        for group in seed_groups(result, [k for k, m in models.items()
+        for group in seed_groups(result, [k for k, m in result["models"].items()
                                           if m["protocol"] == protocol]):
-            if len(group) < 2:
-                continue
-            mc = mean_curve([models[label] for label in group])
-            name = models[group[0]]["spec"]["name"]
+            mc = mean_curve([result["models"][label] for label in group])
+            if len(group) < 2 or mc is None or not mc.points:
+                continue    # one seed, or a seed without a (complete) curve: no mean to draw
+            name = result["models"][group[0]]["spec"]["name"]
             axes[0][j].plot([q["step"] for q in mc.points], [q["fd"] for q in mc.points],
                             lw=3, alpha=0.6, color=_COLORS.get(name),
                             ls="-" if mc.converged() else "--",

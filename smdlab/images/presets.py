@@ -49,7 +49,7 @@ def _mnist_like(dataset: str) -> ImagesConfig:
 
 
 PRESETS: dict[str, ImagesConfig] = {
-    "default": ImagesConfig(workers=2, seed_models=("ddpm", "smd-energy"),
+    "default": ImagesConfig(workers=2, seed_models=("ddpm", "smd-best"),
                             train=image_train_config(fused=True)),
     "smoke": ImagesConfig(
         preset="smoke", batch_size=32, short_train_steps=30, seed_repeats=(1,),

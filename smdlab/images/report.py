@@ -100,16 +100,18 @@ def c5_status(vs_ddpm: dict, vs_matched: dict) -> tuple[str, bool]:
     SMD "improves DDPM" only where it beats DDPM: with no win over DDPM on any protocol the
     claim does not hold, whatever the matched control says (that control can explain a gain
     away as capacity; it cannot create one), so such a status rests on SMD and DDPM alone.
-    Otherwise the wins and losses against both baselines decide (every one a win: holds with
-    qualification; more wins than losses: holds with qualification; else does not hold)."""
-    d = [v for v in vs_ddpm.values() if v is not None]
-    if not any(v > 0 for v in d):
+    Otherwise a protocol counts as a gain only where SMD beats both DDPM and the matched
+    control (a tie with the control is a gain explained by capacity), and the claim holds with
+    qualification when the gains outnumber the protocols where SMD loses to DDPM.  Nothing
+    measured against DDPM: not tested."""
+    d = {p: v for p, v in vs_ddpm.items() if v is not None}
+    if not d:
+        return "not tested", False
+    if not any(v > 0 for v in d.values()):
         return "does not hold as stated", False
-    both = d + [v for v in vs_matched.values() if v is not None]
-    wins, losses = sum(v > 0 for v in both), sum(v < 0 for v in both)
-    if wins == len(both) or wins > losses:
-        return "holds with qualification", True
-    return "does not hold as stated", True
+    gains = sum(v > 0 and (vs_matched.get(p) or 0) > 0 for p, v in d.items())
+    losses = sum(v < 0 for v in d.values())
+    return ("holds with qualification" if gains > losses else "does not hold as stated"), True
 
 
 def _c5(result: dict) -> tuple[str, str, list[str], list[str]]:
@@ -135,8 +137,9 @@ def _c5(result: dict) -> tuple[str, str, list[str], list[str]]:
                 1 if smd["mean"] < b["mean"] - margin else 0)
             if base in outcome:
                 outcome[base][protocol] = o
+            word = {1: "better", 0: "tie", -1: "worse"}[o]
             lines.append(f"{protocol}/{S} steps: {best} {smd['mean']:.2f} vs {base} "
-                         f"{b['mean']:.2f} (margin {margin:.2f})")
+                         f"{b['mean']:.2f} (margin {margin:.2f}: {word})")
     trend = []
     for S in sorted(cfg["sample_steps"], reverse=True):
         a, b = st(best, "long", S), st("ddpm", "long", S)
@@ -146,6 +149,8 @@ def _c5(result: dict) -> tuple[str, str, list[str], list[str]]:
         lines.append(f"gain of {best} over ddpm (FD difference, 1000-step models) at "
                      + ", ".join(trend) + " steps")
     status, needs_matched = c5_status(outcome["ddpm"], outcome["ddpm-matched"])
+    if outcome["ddpm"] and not needs_matched:
+        lines.append(f"{best} is better than ddpm on no protocol")
     rests = [best, "ddpm"] + (["ddpm-matched"] if needs_matched else [])
     context = [n for n in ("ddpm-matched", "smd-jensen") if n not in rests]
     return status, "; ".join(lines), rests, context
@@ -219,18 +224,22 @@ def model_converged(m: dict) -> bool | None:
 
 def mean_curve(models: list[dict]):
     """The learning curve of the mean over training seeds: at each step every model's curve
-    has, the mean of their FD (None when a model has no curve)."""
+    has, the mean of their FD.  None when there are no models or one has no curve; no points
+    when the curves do not all reach the same last step (a shorter mean would hide the end)."""
     from ..convergence import LearningCurve
 
     curves = [LearningCurve.from_dict(m["curve"]) if m.get("curve") else None for m in models]
-    if any(c is None for c in curves):
+    if not curves or any(c is None for c in curves):
         return None
+    c0 = curves[0]
+    lasts = {c.points[-1]["step"] if c.points else None for c in curves}
+    if len(lasts) != 1 or None in lasts:
+        return LearningCurve(c0.primary, [], c0.rel_tol, c0.abs_tol)
     common = set.intersection(*({p["step"] for p in c.points} for c in curves))
     points = []
     for step in sorted(common):
         vals = [next(p["fd"] for p in c.points if p["step"] == step) for c in curves]
         points.append({"step": step, "fd": sum(vals) / len(vals)})
-    c0 = curves[0]
     return LearningCurve(c0.primary, points, c0.rel_tol, c0.abs_tol)
 
 
@@ -349,12 +358,14 @@ def curve_section(result: dict, metric: str) -> list[str]:
                      f"{pts[0]['fd']:.3f} -> {pts[-1]['fd']:.3f} ± {pts[-1]['fd_boot_std']:.3f} | "
                      f"{pts[-1]['kid']:.4f} ± {pts[-1]['kid_std']:.4f} | "
                      f"{'yes' if conv else 'no'} |")
-        for group in seed_groups(result, list(curves)):
+        for group in seed_groups(result, list(result["models"])):
             if len(group) > 1:
-                ms = [curves[label] for label in group]
+                ms = [result["models"][label] for label in group]
                 mc = mean_curve(ms)
                 pts = mc.points if mc else []
-                span = f"{pts[0]['fd']:.3f} -> {pts[-1]['fd']:.3f}" if pts else "-"
+                span = (f"{pts[0]['fd']:.3f} -> {pts[-1]['fd']:.3f}" if pts else
+                        "- (a seed has no curve)" if mc is None else
+                        "- (the seeds' curves end at different steps)")
                 L.append(f"| {ms[0]['spec']['name']}{_gen_note(ms[0])} | {ms[0]['protocol']} | "
                          f"mean of {len(ms)} seeds | {span} | - | "
                          f"{'yes' if mc and mc.converged() else 'no'} |")
@@ -507,7 +518,11 @@ def _seeds_note(cfg: dict) -> str:
     if not reps:
         return f"Every model is trained with seed {cfg['seed']}."
     which = cfg.get("seed_models")
-    models = "the models" if which is None else ", ".join(which)
+    if which is not None and not which:
+        return f"Every model is trained with seed {cfg['seed']}."
+    best = f"smd-{cfg.get('best_objective', 'energy')}"
+    models = "the models" if which is None else ", ".join(
+        dict.fromkeys(best if m == "smd-best" else m for m in which))
     return (f"Every model is trained with seed {cfg['seed']}; {models} of the "
             f"{' and '.join(prots)} protocol{'s' if len(prots) > 1 else ''} also with seeds "
             f"{reps} (the headline rows' spread over training seeds).")
