@@ -235,6 +235,10 @@ def test_a_headline_row_is_judged_on_its_mean_curve_over_seeds():
     r = _seeded(curves, {"ddpm": 5.0, "smd-energy": 8.0})
     assert model_converged(r["models"]["short-ddpm"]) is False
     assert unconverged_models(r, ["short-ddpm", "short-ddpm-seed1", "short-ddpm-seed2"]) == []
+    from smdlab.images.report import mean_judged_note
+    assert mean_judged_note(r, list(r["models"])) == (
+        "; headline rows judged on their mean curve over seeds: short-ddpm (1 of 3 seeds fail "
+        "alone: short-ddpm); short-smd-energy (1 of 3 seeds fail alone: short-smd-energy-seed2)")
     # a mean still falling (every seed falls by ~10% a point) is named as the row
     curves.update({("short", "smd-energy", s): FALLING for s in JITTER})
     r = _seeded(curves, {"ddpm": 5.0, "smd-energy": 8.0})

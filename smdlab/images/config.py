@@ -180,6 +180,12 @@ def image_train_config(**changes) -> TrainConfig:
     return TrainConfig(**{**base, **changes})
 
 
+def resolve_best(names, best_objective: str) -> list[str]:
+    """``names`` with ``"smd-best"`` replaced by ``smd-<best_objective>``, duplicates dropped."""
+    best = f"smd-{best_objective}"
+    return list(dict.fromkeys(best if m == "smd-best" else m for m in names))
+
+
 @dataclass
 class ImagesConfig:
     """Everything that defines an image run (see the module docstring for the sections).
@@ -218,8 +224,9 @@ class ImagesConfig:
         self.seed_repeats = tuple(int(s) for s in self.seed_repeats if int(s) != self.seed)
         self.seed_protocols = tuple(self.seed_protocols)
         if self.seed_models is not None:
-            # checked against the run's model names when its jobs are listed (image_jobs), so
-            # that --set models.best_objective=... and seed_models=... may come in any order
+            # checked against the run's model names by repeated_models (at the CLI and in
+            # image_jobs), so that --set models.best_objective=... and seed_models=... may come
+            # in any order
             self.seed_models = tuple(str(m) for m in self.seed_models)
         bad = [p for p in self.seed_protocols if p not in ("long", "short")]
         if bad:
@@ -240,8 +247,7 @@ class ImagesConfig:
         names = [spec.name for spec in self.models.specs()]
         if self.seed_models is None:
             return names
-        best = f"smd-{self.models.best_objective}"
-        wanted = list(dict.fromkeys(best if m == "smd-best" else m for m in self.seed_models))
+        wanted = resolve_best(self.seed_models, self.models.best_objective)
         unknown = [m for m in wanted if m not in names]
         if unknown:
             raise ValueError(f"seed_models names {unknown}, not model(s) of this run; choose "

@@ -115,7 +115,13 @@ def c5_status(vs_ddpm: dict, vs_matched: dict) -> tuple[str, bool]:
 
 
 def _c5(result: dict) -> tuple[str, str, list[str], list[str]]:
-    """(status, evidence, names of the models the status rests on, names of context models)."""
+    """(status, evidence, names of the models the status rests on, names of context models) for
+    C5 "SMD improves DDPM, especially with few steps", as a trend over sampling steps: the best
+    SMD model's FD (mean over training seeds) against both Gaussian baselines on every chain of
+    the long protocol and on the short chain.  The status is decided at the fewest steps of each
+    protocol by :func:`c5_status`; a difference counts only beyond :func:`_margin`; the evidence
+    adds the gain over DDPM at each step count (the "especially with few steps" part: does it
+    grow as steps fall?)."""
     cfg = flat_config(result)
     best = f"smd-{cfg['best_objective']}"
     pooled, _ = seed_spread(result)
@@ -154,17 +160,6 @@ def _c5(result: dict) -> tuple[str, str, list[str], list[str]]:
     rests = [best, "ddpm"] + (["ddpm-matched"] if needs_matched else [])
     context = [n for n in ("ddpm-matched", "smd-jensen") if n not in rests]
     return status, "; ".join(lines), rests, context
-
-
-def c5_verdict(result: dict) -> tuple[str, str]:
-    """(status, evidence) for C5 "SMD improves DDPM, especially with few steps", as a trend over
-    sampling steps: the best SMD model's FD (mean over training seeds) against both Gaussian
-    baselines on every chain of the long protocol and on the short chain.  The status is decided
-    at the fewest steps of each protocol by :func:`c5_status`; a difference counts only beyond
-    :func:`_margin`; the evidence adds the gain over DDPM at each step count (the "especially
-    with few steps" part: does it grow as steps fall?)."""
-    status, evidence, _, _ = _c5(result)
-    return status, evidence
 
 
 def _training_minutes(result: dict) -> str:
@@ -276,6 +271,22 @@ def unconverged_models(result: dict, labels) -> list[str]:
     return bad
 
 
+def mean_judged_note(result: dict, labels) -> str:
+    """"" or a sentence naming the rows among ``labels`` that were judged on their mean curve
+    over seeds although some of their seeds' own curves fail the rule (so that a verdict
+    resting on them says so)."""
+    parts = []
+    for group in seed_groups(result, labels):
+        ms = [result["models"][label] for label in group]
+        if len(ms) > 1 and all(m.get("curve") for m in ms):
+            fail = [label for label, m in zip(group, ms) if not model_converged(m)]
+            if fail:
+                parts.append(f"{ms[0]['protocol']}-{ms[0]['spec']['name']} ({len(fail)} of "
+                             f"{len(ms)} seeds fail alone: {', '.join(fail)})")
+    return ("" if not parts else "; headline rows judged on their mean curve over seeds: "
+            + "; ".join(parts))
+
+
 def _labels(result: dict, names, protocols) -> list[str]:
     """Labels of every model (all training seeds) with a spec name in ``names`` trained on one of
     ``protocols``."""
@@ -307,6 +318,7 @@ def verdict_rows(result: dict) -> list[tuple[str, str, str]]:
         rows.append((L1_CLAIM, *l1, _l1_models(result)))
     gated = []
     for claim, st, ev, labels in rows:
+        ev += mean_judged_note(result, labels)
         v = gate_on_convergence(Verdict(claim, st, ev), unconverged_models(result, labels))
         gated.append((v.claim, v.status, v.evidence))
     rows = gated
@@ -515,14 +527,12 @@ def write_report(result: dict, out) -> Path:
 def _seeds_note(cfg: dict) -> str:
     reps = list(cfg.get("seed_repeats") or [])
     prots = list(cfg.get("seed_protocols") or ["short"])
-    if not reps:
-        return f"Every model is trained with seed {cfg['seed']}."
     which = cfg.get("seed_models")
-    if which is not None and not which:
+    if not reps or (which is not None and not which):
         return f"Every model is trained with seed {cfg['seed']}."
-    best = f"smd-{cfg.get('best_objective', 'energy')}"
+    from .config import resolve_best
     models = "the models" if which is None else ", ".join(
-        dict.fromkeys(best if m == "smd-best" else m for m in which))
+        resolve_best(which, cfg.get("best_objective", "energy")))
     return (f"Every model is trained with seed {cfg['seed']}; {models} of the "
             f"{' and '.join(prots)} protocol{'s' if len(prots) > 1 else ''} also with seeds "
             f"{reps} (the headline rows' spread over training seeds).")
